@@ -1,0 +1,1 @@
+"""The API gateway: one front door speaking OpenAI, Ollama and MT Photos to per-model backends."""
