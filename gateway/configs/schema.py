@@ -217,9 +217,9 @@ class Config(Strict):
         m = re.search(r"_(\d+)$", self.name)
         if m and int(m.group(1)) != self.gpus.count:
             raise ValueError(f"name ends in _{m.group(1)} but gpus.count is {self.gpus.count}")
-        if self.vllm and self.vllm.tensor_parallel_size and self.gpus.count:
-            if self.vllm.tensor_parallel_size > self.gpus.count:
-                raise ValueError("vllm.tensor_parallel_size is larger than gpus.count")
+        tp = self.vllm.tensor_parallel_size if self.vllm else None
+        if tp and self.gpus.count and tp > self.gpus.count:
+            raise ValueError("vllm.tensor_parallel_size is larger than gpus.count")
         return self
 
     @model_validator(mode="after")

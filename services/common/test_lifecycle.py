@@ -42,7 +42,7 @@ async def test_idle_unload_and_reload():
 
 
 async def test_unload_waits_for_in_flight_use():
-    lc, calls = make()
+    lc, _ = make()
     m = await lc.acquire()
     task = asyncio.create_task(lc.unload())
     await asyncio.sleep(0.05)
@@ -52,7 +52,7 @@ async def test_unload_waits_for_in_flight_use():
 
 
 async def test_failed_load_wakes_waiters_and_retries():
-    lc, calls = make(fail_first=True)
+    lc, _ = make(fail_first=True)
     results = await asyncio.gather(lc.acquire(), lc.acquire(), return_exceptions=True)
     assert any(isinstance(r, RuntimeError) for r in results)
     assert lc.stats.load_failures == 1
