@@ -94,20 +94,22 @@ async def relay_stream(g: Gateway, route: Any, path: str, raw: bytes) -> Respons
 
 
 def backend_reply(status: int, content_type: str, body: bytes) -> Response:
-    """Pass a backend answer through; an error that is not OpenAI-shaped is wrapped so it becomes one."""
+    """Pass a backend answer through. Errors leave in OpenAI's shape; a backend's own 5xx becomes a 502,
+    so a client can tell a broken backend from a broken gateway."""
     if status < 400:
         return Response(body, status_code=status, media_type=content_type or "application/json")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+    if status < 500 and isinstance(data, dict) and isinstance(data.get("error"), dict):
         return Response(body, status_code=status, media_type="application/json")
     if isinstance(data, dict):
-        message = data.get("error") or data.get("detail") or data
+        inner = data.get("error")
+        message = inner.get("message") if isinstance(inner, dict) else (inner or data.get("detail") or data)
     else:
         message = body.decode(errors="replace")
-    status = status if status < 500 else 502  # a backend crash is a bad gateway, not the gateway's own 500
+    status = status if status < 500 else 502
     err = UpstreamError("status", f"backend error: {message}"[:2000], status=status)
     return json_response(openai_body(err), status)
 
