@@ -18,7 +18,7 @@ from aiohttp import web
 
 
 def _text(body: dict[str, Any]) -> str:
-    if "messages" in body and body["messages"]:
+    if body.get("messages"):
         content = body["messages"][-1].get("content", "")
         return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
     prompt = body.get("prompt", "")
