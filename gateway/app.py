@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from gateway import limits, metrics
 from gateway.context import Gateway, gw
 from gateway.errors import BadRequest, GatewayError, UpstreamError, json_response, render
 from gateway.forward import admin
@@ -70,6 +71,8 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         app.include_router(module.router)
         if hasattr(module, "install"):
             module.install(app)
+    limits.install(app, gateway, error_shape)  # issue 8: keys, body/rate/stream limits, usage, shared store
+    metrics.install(app)  # issue 7: request metrics middleware, /metrics, upstream-error counting
     return app
 
 

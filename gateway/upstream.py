@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -33,17 +33,27 @@ def _env_float(name: str, default: float) -> float:
 
 # An LLM may think for minutes before its first token; an image on a busy GPU waits in a queue;
 # OCR answers in milliseconds, so a silent vision backend is broken long before a minute passes.
+READ_DEFAULTS = {Engine.vllm: 600.0, Engine.diffusers: 900.0, Engine.vision: 120.0}
+
+
 def _engine_timeouts(engine: str, read_default: float) -> Timeouts:
-    connect = _env_float("UPSTREAM_CONNECT_TIMEOUT_S", 5)
+    """UPSTREAM_CONNECT_TIMEOUT_<ENGINE>_S, else UPSTREAM_CONNECT_TIMEOUT_S (5); UPSTREAM_READ_TIMEOUT_<ENGINE>_S."""
+    connect = _env_float(f"UPSTREAM_CONNECT_TIMEOUT_{engine.upper()}_S", _env_float("UPSTREAM_CONNECT_TIMEOUT_S", 5))
     return Timeouts(connect, _env_float(f"UPSTREAM_READ_TIMEOUT_{engine.upper()}_S", read_default))
 
 
-TIMEOUTS: dict[Engine | None, Timeouts] = {
-    Engine.vllm: _engine_timeouts("vllm", 600),
-    Engine.diffusers: _engine_timeouts("diffusers", 900),
-    Engine.vision: _engine_timeouts("vision", 120),
-    None: Timeouts(5, 30),  # admin calls
-}
+TIMEOUTS: dict[Engine | None, Timeouts] = {None: Timeouts(5, 30)}  # None: admin calls
+
+
+def load_timeouts() -> dict[Engine | None, Timeouts]:
+    """(Re)read the per-engine timeouts from the environment; `Upstream()` calls it, so a new app sees
+    the environment of its creation (tests and embedders set it just before)."""
+    for engine, read in READ_DEFAULTS.items():
+        TIMEOUTS[engine] = _engine_timeouts(engine.value, read)
+    return TIMEOUTS
+
+
+load_timeouts()
 
 
 @dataclass(slots=True)
@@ -61,6 +71,12 @@ class Stream:
         self.url = url
         self.status = resp.status
         self.headers = resp.headers
+        self.prompt_estimate = 0  # set by forward.py: the prompt's estimated tokens (usage without `usage`)
+        self._on_close: list[Callable[[], None]] = []
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once when the stream closes (finished, failed, or dropped by the client)."""
+        self._on_close.append(callback)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -85,13 +101,23 @@ class Stream:
 
     def close(self) -> None:
         # close(), not release(): an unfinished stream must drop the connection so the backend sees
-        # the disconnect and cancels the work (vLLM aborts the request).
+        # the disconnect and cancels the work (vLLM aborts the request). A finished one is released
+        # to the pool by aiohttp itself, so close() then costs the connection nothing.
         self._resp.close()
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            callback()
+
+    def __del__(self) -> None:
+        # A caller that dropped an unread stream must not leak its in-flight count or stream slot.
+        if self._on_close:
+            self.close()
 
 
 class Upstream:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        load_timeouts()
 
     async def start(self) -> None:
         if self._session is None:
@@ -118,19 +144,25 @@ class Upstream:
         timeouts: Timeouts = TIMEOUTS[None], data: aiohttp.FormData | None = None,
     ) -> Stream:
         """Send the request and return once the status line and headers arrived."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.read)
-        try:
-            resp = await self.session.request(
-                method, url, data=data if data is not None else body, headers=headers, timeout=timeout,
-                allow_redirects=False,
-            )
-        except TimeoutError:
-            raise UpstreamError("timeout", f"backend at {url} did not answer within {timeouts.read:g} s",
-                                status=504) from None
-        except aiohttp.ClientConnectorError as e:
-            raise UpstreamError("connect", f"cannot connect to backend at {url}: {e.strerror or e}") from None
-        except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError) as e:
-            raise UpstreamError("broken", f"backend at {url} failed: {e}") from None
+        timeout = _client_timeout(timeouts)
+        payload = data if data is not None else body
+        for attempt in (1, 2):
+            try:
+                resp = await self.session.request(method, url, data=payload, headers=headers, timeout=timeout,
+                                                  allow_redirects=False)
+                break
+            except aiohttp.ServerDisconnectedError as e:
+                # A pooled keep-alive connection the backend closed (it restarted): it never saw this
+                # request, so one more try on a fresh connection is safe.
+                if attempt == 2 or data is not None:
+                    raise UpstreamError("broken", f"backend at {url} failed: {e}") from None
+            except TimeoutError:
+                raise UpstreamError("timeout", f"backend at {url} did not answer within {timeouts.read:g} s",
+                                    status=504) from None
+            except aiohttp.ClientConnectorError as e:
+                raise UpstreamError("connect", f"cannot connect to backend at {url}: {e.strerror or e}") from None
+            except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError) as e:
+                raise UpstreamError("broken", f"backend at {url} failed: {e}") from None
         return Stream(resp, url)
 
     async def request(
@@ -143,3 +175,13 @@ class Upstream:
 
 def timeouts_for(engine: Engine) -> Timeouts:
     return TIMEOUTS[engine]
+
+
+_CLIENT_TIMEOUTS: dict[Timeouts, aiohttp.ClientTimeout] = {}
+
+
+def _client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
+    found = _CLIENT_TIMEOUTS.get(t)
+    if found is None:
+        found = _CLIENT_TIMEOUTS[t] = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
+    return found

@@ -64,13 +64,13 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         p.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tiny_llm(platform: Platform) -> str:
     """Gateway URL with the tiny vLLM-CPU chat model running behind it."""
     return platform.ensure("tiny-llm")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def all_minilm(platform: Platform) -> str:
     """Gateway URL with the all-MiniLM-L6-v2 embedding model running behind it."""
     return platform.ensure("all-minilm")

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="stop: every running config and the gateway")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--no-preload", action="store_true", help="start: let LLMs load on their first request")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # options may come before or after the names
     if args.command in ("start", "stop") and not args.names and not args.all:
         p.error(f"{args.command} needs at least one config name (python -m gateway.configs list)")
     try:

@@ -48,6 +48,24 @@ def say(opts: Options, msg: str, end: str = "\n") -> None:
         print(msg, end=end, file=sys.stderr, flush=True)
 
 
+_last_progress: dict[str, float] = {}
+
+
+def progress(opts: Options, key: str, msg: str) -> None:
+    """A live line on a terminal; in a log (no TTY), one line every 10 s instead of a flood."""
+    if opts.quiet:
+        return
+    if sys.stderr.isatty():
+        print(f"\r{msg}" + " " * 10, end="", file=sys.stderr, flush=True)
+    elif time.monotonic() - _last_progress.get(key, 0) >= 10:
+        _last_progress[key] = time.monotonic()
+        print(msg, file=sys.stderr, flush=True)
+
+
+def done(opts: Options, msg: str) -> None:
+    say(opts, ("\r" if sys.stderr.isatty() else "") + msg + " " * 20)
+
+
 # ---------------------------------------------------------------- helpers
 def free_port() -> int:
     with socket.socket() as s:
@@ -188,13 +206,13 @@ def wait_healthy(name: str, url: str, pid: int, log: Path, opts: Options, what: 
     while True:
         status, _ = http("GET", url, timeout=2)
         if status == 200:
-            say(opts, f"\r[{name}] {what}: up after {time.monotonic() - t0:.0f} s" + " " * 20)
+            done(opts, f"[{name}] {what}: up after {time.monotonic() - t0:.0f} s")
             return
         if not alive(pid):
             raise StartError(f"{name} exited while {what}; last log lines ({log}):\n{tail(log)}")
         if time.monotonic() - t0 > opts.wait_s:
             raise StartError(f"{name} not healthy after {opts.wait_s:.0f} s; last log lines:\n{tail(log)}")
-        say(opts, f"\r[{name}] {what} ... {time.monotonic() - t0:.0f} s", end="")
+        progress(opts, name + what, f"[{name}] {what} ... {time.monotonic() - t0:.0f} s")
         time.sleep(0.5)
 
 
@@ -207,14 +225,14 @@ def wait_loaded(name: str, admin_url: str, pid: int, log: Path, opts: Options) -
     while t.is_alive():
         _, snap = http("GET", admin_url + "/admin/lifecycle", timeout=2)
         state = snap.get("state", "?") if isinstance(snap, dict) else "?"
-        say(opts, f"\r[{name}] model {state} ... {time.monotonic() - t0:.0f} s" + " " * 10, end="")
+        progress(opts, name + "load", f"[{name}] model {state} ... {time.monotonic() - t0:.0f} s")
         if not alive(pid):
             raise StartError(f"{name} exited while loading; last log lines ({log}):\n{tail(log)}")
         t.join(1.0)
     status, body = result.get("r", (0, None))
     if status != 200:
         raise StartError(f"{name}: model load failed ({status}): {body}\nlast log lines:\n{tail(log)}")
-    say(opts, f"\r[{name}] model ready after {time.monotonic() - t0:.0f} s" + " " * 20)
+    done(opts, f"[{name}] model ready after {time.monotonic() - t0:.0f} s")
 
 
 # ---------------------------------------------------------------- start / stop

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -55,7 +56,10 @@ class Paths:
         return self.logs / f"{name}.log"
 
     def tmp(self, name: str) -> Path:
-        return self.run / "tmp" / name
+        # Short on purpose: vLLM puts unix sockets in TMPDIR and a socket path must fit in 107 bytes,
+        # which a pytest temp folder easily exceeds. One folder per run directory and service.
+        tag = hashlib.sha1(str(self.run).encode()).hexdigest()[:8]
+        return Path("/tmp") / f"mp-{tag}" / name
 
 
 def write_json(path: Path, data: Any) -> None:

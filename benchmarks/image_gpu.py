@@ -1,0 +1,197 @@
+"""GPU benchmark for the image service: plain diffusers pipeline (baseline) vs the service's optimised path.
+
+Builds full-size random-weight pipelines directly on the GPU in bf16 (FLUX.1-dev: 12B transformer + T5-XXL
++ CLIP-L + VAE; Ovis-Image-7B: transformer + Qwen3-shaped 2B encoder + VAE). The time per step does not
+depend on the weight values. Text encoders and the VAE decode are inside every timed image.
+
+    python benchmarks/image_gpu.py --family flux --mode bf16 --restart   # + first image in a new process
+    python benchmarks/image_gpu.py --family ovis --mode fp8
+
+Prints a table (seconds per image, per step, ratio to the baseline measured in the same run) and writes
+JSON to $OUT (or /tmp). `--restart` then starts a fresh process with the same compile cache and reports
+the time from process start to the first image (weights are built, not read from disk).
+"""
+
+from __future__ import annotations
+
+import time
+
+T_START = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+OUT = Path(os.environ.get("OUT", "/tmp"))
+CACHE = Path(os.environ.get("IMAGE_COMPILE_CACHE", "/tmp/image-compile-cache"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from services.image.engine import ImageEngine, Job, StepTimer  # noqa: E402
+from services.image.speed import SpeedOptions  # noqa: E402
+from services.image.tiny_pipelines import build  # noqa: E402
+
+DEV = {"device": "cuda", "scale": "full"}  # --dry: tiny pipelines on the CPU, to check the script itself
+PROMPT = "a photo of a cat sitting on a red sofa"
+DEFAULTS = {"flux": {"steps": 28, "guidance": 3.5}, "ovis": {"steps": 50, "guidance": 5.0}}
+rows: list[dict] = []
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T_START:7.1f}s] {msg}", flush=True)
+
+
+def sync() -> None:
+    if DEV["device"] == "cuda":
+        torch.cuda.synchronize()
+
+
+def record(family: str, variant: str, s_img: float, s_step: float, steps: int, **extra: object) -> None:
+    rows.append({"family": family, "variant": variant, "s_image": s_img, "s_step": s_step,
+                 "other_s": s_img - steps * s_step, **extra})
+    log(f"{family} {variant}: {s_img:.3f} s/image, {s_step * 1000:.1f} ms/step {extra or ''}")
+    (OUT / "image_gpu.json").write_text(json.dumps(rows, indent=1))
+
+
+def plain_pipeline(pipe, family: str, size: int, steps: int, images: int) -> tuple[float, float]:
+    """The baseline: the stock diffusers call, eager, default attention, as a user would write it."""
+    kw = dict(prompt=PROMPT, height=size, width=size, num_inference_steps=steps,
+              guidance_scale=DEFAULTS[family]["guidance"])
+    pipe.set_progress_bar_config(disable=True)
+    with torch.inference_mode():
+        pipe(**kw, generator=torch.Generator("cpu").manual_seed(0))  # warm-up (cuBLAS/cuDNN init)
+        totals, per_step = [], []
+        for i in range(images):
+            timer = StepTimer(DEV["device"])
+            sync()
+            t0 = time.perf_counter()
+            pipe(**kw, generator=torch.Generator("cpu").manual_seed(i), callback_on_step_end=timer)
+            sync()
+            totals.append(time.perf_counter() - t0)
+            per_step.append(timer.mean(totals[-1], steps))
+    return min(totals), min(per_step)
+
+
+def engine_images(engine: ImageEngine, family: str, size: int, steps: int, images: int) -> tuple[float, float]:
+    job = Job(PROMPT, size, size, steps, DEFAULTS[family]["guidance"], seed=0)
+    totals, per_step = [], []
+    for _ in range(images):
+        sync()
+        t0 = time.perf_counter()
+        res = engine.generate([job])[0]
+        sync()
+        totals.append(time.perf_counter() - t0)
+        per_step.append(res.step_seconds)
+    return min(totals), min(per_step)
+
+
+def options(mode: str) -> SpeedOptions:
+    if DEV["device"] == "cpu":
+        return SpeedOptions(fuse_qkv=True)
+    return SpeedOptions(compile=True, fuse_qkv=True, fp8=mode == "fp8", attention="auto", cache_dir=CACHE)
+
+
+def run_family(args: argparse.Namespace, family: str) -> None:
+    size, steps = args.size, args.steps or DEFAULTS[family]["steps"]
+    t0 = time.perf_counter()
+    pipe = build(family, DEV["scale"], DEV["device"], torch.bfloat16)
+    nparams = sum(p.numel() for c in (pipe.transformer, pipe.vae) for p in c.parameters()) / 1e9
+    log(f"{family}: built on GPU in {time.perf_counter() - t0:.1f}s (transformer+vae {nparams:.1f}B params), "
+        f"{torch.cuda.memory_allocated() / 2**30:.1f} GiB")
+    if not args.skip_baseline:
+        s_img, s_step = plain_pipeline(pipe, family, size, steps, args.images)
+        record(family, "plain diffusers (eager bf16)", s_img, s_step, steps)
+    pixels = size * size if family == "ovis" else 0
+    variants = [("paired CFG", pixels), ("two CFG passes", 0)] if family == "ovis" and args.cfg_both else [
+        ("", pixels if family == "ovis" and args.cfg_pair else 0)]
+    engine = ImageEngine.from_pipeline(pipe, family, DEV["device"], options(args.mode), vae_tiling_above=1536)
+    log(f"{family}: speed path {engine.applied.as_dict()}")
+    for label, max_pixels in variants:
+        engine.cfg_batch_max_pixels = max_pixels
+        warm = engine.warmup(size, size)
+        log(f"{family}: warm-up (compile, 2 steps) {warm:.1f}s")
+        s_img, s_step = engine_images(engine, family, size, steps, args.images)
+        record(family, f"service {args.mode} {label}".strip(), s_img, s_step, steps, compile_s=round(warm, 1),
+               attention=engine.applied.attention)
+    engine.close()
+    del pipe, engine
+    torch.cuda.empty_cache()
+
+
+def restart_child(args: argparse.Namespace, family: str) -> None:
+    """A fresh process: build (stands in for reading cached weights), apply the speed path with the warm
+    compile cache, first image. Reports seconds since this process started."""
+    size, steps = args.size, args.steps or DEFAULTS[family]["steps"]
+    pipe = build(family, DEV["scale"], DEV["device"], torch.bfloat16)
+    t_built = time.perf_counter() - T_START
+    engine = ImageEngine.from_pipeline(pipe, family, DEV["device"], options(args.mode), vae_tiling_above=1536,
+                                       cfg_batch_max_pixels=size * size if args.cfg_pair else 0)
+    engine.generate([Job(PROMPT, size, size, steps, DEFAULTS[family]["guidance"], seed=0)])
+    sync()
+    total = time.perf_counter() - T_START
+    s_img, _ = engine_images(engine, family, size, steps, 1)
+    print(json.dumps({"restart_first_image_s": round(total, 1), "imports_and_build_s": round(t_built, 1),
+                      "steady_s_image": round(s_img, 3)}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--family", choices=["flux", "ovis", "both"], default="both")
+    ap.add_argument("--mode", choices=["bf16", "fp8"], default="bf16")
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=0, help="default: the model's (28 FLUX, 50 Ovis)")
+    ap.add_argument("--images", type=int, default=2, help="timed images per variant (best is reported)")
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--cfg-pair", action="store_true", help="Ovis: cond+uncond in one forward")
+    ap.add_argument("--cfg-both", action="store_true", help="Ovis: time paired and two-pass CFG")
+    ap.add_argument("--restart", action="store_true", help="then time the first image in a fresh process")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--dry", action="store_true", help="tiny pipelines on the CPU: checks the script only")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("image").setLevel(logging.INFO)  # the attention kernel timings, fallbacks
+    if args.dry:
+        DEV.update(device="cpu", scale="tiny")
+    families = ["flux", "ovis"] if args.family == "both" else [args.family]
+    if args.child:
+        restart_child(args, families[0])
+        return
+    gpu = torch.cuda.get_device_name(0) if DEV["device"] == "cuda" else "cpu (dry run)"
+    log(f"torch {torch.__version__}, {gpu}, mode {args.mode}, cache {CACHE}")
+    for family in families:
+        run_family(args, family)
+        if args.restart:
+            cmd = [sys.executable, __file__, "--child", "--family", family, "--mode", args.mode,
+                   "--size", str(args.size), "--steps", str(args.steps)]
+            cmd += ["--cfg-pair"] * args.cfg_pair + ["--dry"] * args.dry
+            env = dict(os.environ, IMAGE_COMPILE_CACHE=str(CACHE))
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = (out.stdout.strip().splitlines() or ["{}"])[-1]
+            log(f"{family} restart with warm cache: {line}" + ("" if out.returncode == 0 else out.stderr[-2000:]))
+            rows.append({"family": family, "variant": f"restart {args.mode}", **json.loads(line or "{}")})
+    print_table()
+
+
+def print_table() -> None:
+    base = {r["family"]: r["s_image"] for r in rows if r["variant"].startswith("plain")}
+    print("\n| family | variant | s/image | ms/step | other s (text enc+VAE+overhead) | vs baseline |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if "s_image" not in r:
+            rest = {k: v for k, v in r.items() if k not in ("family", "variant")}
+            print(f"| {r['family']} | {r['variant']} | {json.dumps(rest)} |")
+            continue
+        ratio = base.get(r["family"], 0) / r["s_image"] if r["s_image"] else 0
+        print(f"| {r['family']} | {r['variant']} | {r['s_image']:.3f} | {r['s_step'] * 1000:.1f} | "
+              f"{r['other_s']:.3f} | {ratio:.2f}x |")
+    (OUT / "image_gpu.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

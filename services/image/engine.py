@@ -1,0 +1,190 @@
+"""One loaded diffusers pipeline and how the service calls it: batches of same-shaped jobs, per-image
+seeds, per-step timing, VAE tiling for large sizes, Ovis CFG pairing. No web code here: the GPU benchmark
+drives this class directly, so what it measures is the service's own path.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.image import cfg_batch, speed
+
+log = logging.getLogger("image.engine")
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Job:
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int | None = None
+    negative_prompt: str = ""
+    n: int = 1
+
+    @property
+    def batch_key(self) -> tuple[Any, ...]:
+        """Jobs with equal keys can share one pipeline call."""
+        return (self.width, self.height, self.steps, self.guidance, self.negative_prompt)
+
+
+@dataclass
+class Result:
+    images: list[Any]  # PIL images
+    seeds: list[int]
+    seconds: float  # wall time of the pipeline call(s) that made them, shared by a batch
+    step_seconds: float  # mean time of one denoising step
+    batch_images: int = 1
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class StepTimer:
+    """Mean time per denoising step without a device sync in the loop (events on CUDA)."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.marks: list[Any] = []
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.marks.append(ev)
+        else:
+            self.marks.append(time.perf_counter())
+        return {}
+
+    def mean(self, total: float, steps: int) -> float:
+        if len(self.marks) < 2:
+            return total / max(steps, 1)
+        if self.cuda:
+            torch.cuda.synchronize()
+            span = self.marks[0].elapsed_time(self.marks[-1]) / 1000
+        else:
+            span = self.marks[-1] - self.marks[0]
+        return span / (len(self.marks) - 1)
+
+
+class ImageEngine:
+    def __init__(self, pipe: Any, family: str, device: str, *, max_batch: int = 1,
+                 vae_tiling_above: int | None = None, cfg_batch_max_pixels: int = 0,
+                 applied: speed.Applied | None = None) -> None:
+        self.pipe = pipe
+        self.family = family
+        self.device = device
+        self.max_batch = max(1, max_batch)
+        self.vae_tiling_above = vae_tiling_above
+        self.cfg_batch_max_pixels = cfg_batch_max_pixels
+        self.applied = applied or speed.Applied()
+        pipe.set_progress_bar_config(disable=True)
+
+    # ---- construction ----
+    @classmethod
+    def load(cls, source: str | Path, family: str, device: str, dtype: str, opts: speed.SpeedOptions,
+             **kwargs: Any) -> ImageEngine:
+        import diffusers
+
+        pipe_cls = {"flux": diffusers.FluxPipeline, "ovis": diffusers.OvisImagePipeline}[family]
+        pipe = pipe_cls.from_pretrained(str(source), dtype=DTYPES[dtype])
+        return cls.from_pipeline(pipe.to(device), family, device, opts, **kwargs)
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any, family: str, device: str, opts: speed.SpeedOptions,
+                      **kwargs: Any) -> ImageEngine:
+        applied = speed.apply(pipe, opts, device)
+        return cls(pipe, family, device, applied=applied, **kwargs)
+
+    def warmup(self, width: int, height: int, steps: int = 2) -> float:
+        """One short generation: compiles (or loads compiled kernels from the cache) before real traffic."""
+        t0 = time.perf_counter()
+        job = Job("warm-up", width, height, steps, 5.0 if self.family == "ovis" else 3.5, seed=0)
+        try:
+            self.generate([job])
+        except Exception:
+            if self.applied.attention == "native":
+                raise
+            # A faster attention kernel that does not trace under this torch: keep compile, drop the kernel.
+            log.exception("warm-up failed with attention %s; retrying with native", self.applied.attention)
+            self.pipe.transformer.set_attention_backend("native")
+            self.applied.attention = "native"
+            torch._dynamo.reset()
+            self.generate([job])
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.pipe = None
+        gc.collect()
+        if torch.cuda.is_available() and self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    # ---- generation ----
+    def generate(self, jobs: list[Job]) -> list[Result]:
+        """All jobs must share a batch_key. Images are made max_batch at a time; each image has its own
+        seed (job seed + index), so a result does not depend on what it was batched with."""
+        if len({j.batch_key for j in jobs}) != 1:
+            raise ValueError("jobs in one call must share size, steps, guidance and negative prompt")
+        plan = [(i, j.prompt, seed) for i, j in enumerate(jobs) for seed in self._seeds(j)]
+        images: list[list[Any]] = [[] for _ in jobs]
+        seeds: list[list[int]] = [[] for _ in jobs]
+        t0 = time.perf_counter()
+        step_times = []
+        for start in range(0, len(plan), self.max_batch):
+            chunk = plan[start:start + self.max_batch]
+            out, step_s = self._call(jobs[0], [p for _, p, _ in chunk], [s for _, _, s in chunk])
+            step_times.append(step_s)
+            for (idx, _, seed), img in zip(chunk, out, strict=True):
+                images[idx].append(img)
+                seeds[idx].append(seed)
+        total = time.perf_counter() - t0
+        step_s = sum(step_times) / len(step_times)
+        batch = min(self.max_batch, len(plan))
+        return [Result(images[i], seeds[i], total, step_s, batch) for i in range(len(jobs))]
+
+    @staticmethod
+    def _seeds(job: Job) -> list[int]:
+        base = job.seed if job.seed is not None else random.randint(0, MAX_SEED)
+        return [(base + k) % (MAX_SEED + 1) for k in range(job.n)]
+
+    def _call(self, job: Job, prompts: list[str], seeds: list[int]) -> tuple[list[Any], float]:
+        pipe = self.pipe
+        self._set_vae_tiling(max(job.width, job.height))
+        timer = StepTimer(self.device)
+        kwargs: dict[str, Any] = dict(
+            prompt=prompts, height=job.height, width=job.width, num_inference_steps=job.steps,
+            guidance_scale=job.guidance, callback_on_step_end=timer,
+            # CPU generators: the same seed gives the same noise on any device
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        )
+        if self.family == "ovis":
+            kwargs["negative_prompt"] = [job.negative_prompt] * len(prompts)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if self._pair_cfg(job):
+                with cfg_batch.paired(pipe):
+                    out = pipe(**kwargs).images
+            else:
+                out = pipe(**kwargs).images
+        total = time.perf_counter() - t0
+        return out, timer.mean(total, job.steps)
+
+    def _pair_cfg(self, job: Job) -> bool:
+        return (self.family == "ovis" and job.guidance > 1
+                and job.width * job.height <= self.cfg_batch_max_pixels)
+
+    def _set_vae_tiling(self, side: int) -> None:
+        want = self.vae_tiling_above is not None and side > self.vae_tiling_above
+        vae = self.pipe.vae
+        if want != bool(getattr(vae, "use_tiling", False)):
+            (vae.enable_tiling if want else vae.disable_tiling)()
