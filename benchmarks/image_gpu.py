@@ -94,7 +94,8 @@ def engine_images(engine: ImageEngine, family: str, size: int, steps: int, image
 def options(mode: str) -> SpeedOptions:
     if DEV["device"] == "cpu":
         return SpeedOptions(fuse_qkv=True)
-    return SpeedOptions(compile=True, fuse_qkv=True, fp8=mode == "fp8", attention="auto", cache_dir=CACHE)
+    return SpeedOptions(compile=True, fuse_qkv=True, fp8=mode.startswith("fp8"), attention="auto", cache_dir=CACHE,
+                        fp8_impl="torchao" if mode == "fp8-torchao" else "scaled_mm")
 
 
 def run_family(args: argparse.Namespace, family: str) -> None:
@@ -115,7 +116,8 @@ def run_family(args: argparse.Namespace, family: str) -> None:
     for label, max_pixels in variants:
         engine.cfg_batch_max_pixels = max_pixels
         warm = engine.warmup(size, size)
-        log(f"{family}: warm-up (compile, 2 steps) {warm:.1f}s")
+        stats = dict(torch._dynamo.utils.counters["stats"])
+        log(f"{family}: warm-up (compile, 2 steps) {warm:.1f}s; dynamo {stats}")
         s_img, s_step = engine_images(engine, family, size, steps, args.images)
         record(family, f"service {args.mode} {label}".strip(), s_img, s_step, steps, compile_s=round(warm, 1),
                attention=engine.applied.attention)
@@ -143,7 +145,7 @@ def restart_child(args: argparse.Namespace, family: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--family", choices=["flux", "ovis", "both"], default="both")
-    ap.add_argument("--mode", choices=["bf16", "fp8"], default="bf16")
+    ap.add_argument("--mode", choices=["bf16", "fp8", "fp8-torchao"], default="bf16")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=0, help="default: the model's (28 FLUX, 50 Ovis)")
     ap.add_argument("--images", type=int, default=2, help="timed images per variant (best is reported)")

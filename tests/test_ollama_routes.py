@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import ollama
@@ -206,10 +205,11 @@ def test_configured_but_stopped_says_how_to_start(client: ollama.Client) -> None
 
 def test_backend_error_is_an_ollama_error(client: ollama.Client, fakes: dict) -> None:
     fakes["tiny-llm"].error = (400, recorded("vllm_chat_tools_auto_error.json"))
-    with pytest.raises(ollama.ResponseError) as e:
-        client.chat("tiny-llm", messages=[{"role": "user", "content": "x"}], tools=[])
-        client.chat("tiny-llm", messages=[{"role": "user", "content": "x"}], stream=False)
-    assert e.value.status_code == 400 and "tool choice requires" in e.value.error
+    for stream in (True, False):
+        with pytest.raises(ollama.ResponseError) as e:
+            list(client.chat("tiny-llm", messages=[{"role": "user", "content": "x"}], stream=True)) if stream \
+                else client.chat("tiny-llm", messages=[{"role": "user", "content": "x"}])
+        assert e.value.status_code == 400 and "tool choice requires" in e.value.error
 
 
 def test_mid_stream_failure_is_one_error_line(servers: Servers, fakes: dict) -> None:
@@ -305,7 +305,3 @@ def test_openapi_document_lists_the_ollama_routes(servers: Servers) -> None:
     assert {"/api/chat", "/api/generate", "/api/embed", "/api/tags", "/api/show", "/api/ps"} <= set(paths)
     chat = paths["/api/chat"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "messages" in chat["properties"]
-
-
-def test_fixture_dir_exists() -> None:
-    assert Path(__file__).parent.joinpath("ollama_helpers.py").exists()

@@ -5,11 +5,13 @@
 #   compose/ci/base-rootfs.sh OUT.tar
 set -euo pipefail
 out=$1
-[ -s "$out" ] && { echo "[base] cached: $out"; exit 0; }
+# python3-venv for the service venvs, python3-pip so `python3 -m pip config list` works as in
+# python:3.11-slim (services/setup-env.sh asks pip for its find-links folder), libnuma1 for vLLM's CPU
+# build, procps so `ps` works in a shell.
+pkgs=python3,python3-venv,python3-pip,ca-certificates,libnuma1,procps
+[ -s "$out" ] && [ "$(cat "$out.pkgs" 2>/dev/null)" = "$pkgs" ] && { echo "[base] cached: $out"; exit 0; }
 command -v debootstrap >/dev/null || { echo "debootstrap is not installed (apt-get install debootstrap)" >&2; exit 1; }
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-# python3-venv for the service venvs, libnuma1 for vLLM's CPU build, procps so `ps` works in a shell.
-pkgs=python3,python3-venv,ca-certificates,libnuma1,procps
 work=$(mktemp -d /tmp/modelplat-rootfs.XXXXXX)
 trap 'umount -R "$work/root/proc" 2>/dev/null || true; rm -rf "$work"' EXIT
 t0=$SECONDS
@@ -20,5 +22,5 @@ rm -rf "$work/root/var/lib/apt/lists/"* "$work/root/var/cache/apt/archives/"*.de
 # The classic builder runs RUN steps with /bin/sh; the rootfs must resolve hosts when built with --network host.
 : > "$work/root/etc/resolv.conf"
 mkdir -p "$(dirname "$out")"
-tar -C "$work/root" -cf "$out.tmp" . && mv "$out.tmp" "$out"
+tar -C "$work/root" -cf "$out.tmp" . && mv "$out.tmp" "$out" && echo "$pkgs" > "$out.pkgs"
 echo "[base] rootfs ready in $((SECONDS - t0)) s: $out ($(du -h "$out" | cut -f1))"

@@ -175,7 +175,3 @@ def require(cfg: Config, cap: Capability, model: str, what: str | None = None) -
     if cap not in cfg.model.capabilities:
         raise BadRequest(f'"{model}" does not support {what or cap.value}')
 
-
-def echo_name(model: str) -> str:
-    """The `model` field of replies: the name as the client sent it (Ollama echoes the request's name)."""
-    return model

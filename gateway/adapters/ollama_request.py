@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -33,7 +33,6 @@ class Plan:
     model: str  # the name echoed in replies
     stream: bool = True  # the client's choice; the upstream request always streams
     show_thinking: bool = True  # False when the client said think=false
-    parse_reasoning: bool = field(default=True)  # False for raw completions (no reasoning parser there)
 
 
 def client_stream(body: dict[str, Any]) -> bool:
@@ -51,7 +50,23 @@ def _base(cfg: Config, body: dict[str, Any], path: str) -> dict[str, Any]:
     out.update(map_options(body.get("options"), cfg))
     if (fmt := map_format(body.get("format"))) is not None:
         out["response_format"] = fmt
+    out.update(_logprobs(body, path))
     return out
+
+
+def _logprobs(body: dict[str, Any], path: str) -> dict[str, Any]:
+    want, top = body.get("logprobs"), body.get("top_logprobs")
+    if want is None and top is None:
+        return {}
+    if not isinstance(want, bool | None):
+        raise BadRequest("logprobs must be a boolean", param="logprobs")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20):
+        raise BadRequest("top_logprobs must be an integer from 0 to 20", param="top_logprobs")
+    if not want and not top:
+        return {}
+    if path == COMPLETIONS_PATH:  # the legacy API takes the number of alternatives in `logprobs`
+        return {"logprobs": top or 0}
+    return {"logprobs": True, "top_logprobs": top or 0}
 
 
 # ---------------------------------------------------------------- chat
@@ -208,7 +223,7 @@ def generate_plan(body: dict[str, Any], cfg: Config, model: str) -> Plan:
             raise BadRequest("images cannot be used with raw mode", param="images")
         out = _base(cfg, body, COMPLETIONS_PATH)
         out["prompt"] = prompt
-        return Plan("generate", COMPLETIONS_PATH, out, model, client_stream(body), parse_reasoning=False)
+        return Plan("generate", COMPLETIONS_PATH, out, model, client_stream(body))
     out = _base(cfg, body, CHAT_PATH)
     messages: list[dict[str, Any]] = []
     if isinstance(body.get("system"), str) and body["system"]:
@@ -231,7 +246,7 @@ def _fim_plan(body: dict[str, Any], cfg: Config, model: str, prompt: str, suffix
                          f"{cfg.model.family!r})")
     out = _base(cfg, body, COMPLETIONS_PATH)
     out["prompt"] = template.format(prompt=prompt, suffix=suffix)
-    return Plan("generate", COMPLETIONS_PATH, out, model, client_stream(body), parse_reasoning=False)
+    return Plan("generate", COMPLETIONS_PATH, out, model, client_stream(body))
 
 
 # ---------------------------------------------------------------- load / unload
@@ -240,5 +255,5 @@ def _fim_plan(body: dict[str, Any], cfg: Config, model: str, prompt: str, suffix
 def is_load_request(kind: str, body: dict[str, Any]) -> bool:
     """Ollama's convention: generate with an empty prompt (and no images), or chat with no messages."""
     if kind == "chat":
-        return not body.get("messages")
-    return not body.get("prompt") and not body.get("images") and not body.get("suffix")
+        return body.get("messages") in (None, [])
+    return body.get("prompt") in (None, "") and not body.get("images") and not body.get("suffix")

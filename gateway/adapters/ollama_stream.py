@@ -24,6 +24,8 @@ DONE_REASONS = {"stop": "stop", "length": "length", "tool_calls": "stop", "abort
 class StreamFailed(Exception):
     """The backend reported an error inside the stream, or ended it before finishing."""
 
+    partial: list[dict[str, Any]] = []  # noqa: RUF012 (replaced per instance by Translator.feed)
+
 
 class SSEParser:
     """Incremental server-sent-events parser: feed bytes, get complete `data:` payloads."""
@@ -83,6 +85,7 @@ class Translator:
     thinking: list[str] = field(default_factory=list)
     calls: dict[int, _Call] = field(default_factory=dict)
     usage: dict[str, Any] = field(default_factory=dict)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     finished: bool = False  # [DONE] seen
 
@@ -90,13 +93,17 @@ class Translator:
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
         """Raw bytes from the backend -> Ollama chunks to send now (possibly none)."""
         out: list[dict[str, Any]] = []
-        for data in self.parser.feed(chunk):
-            if data.strip() == b"[DONE]":
-                self.finished = True
-                continue
-            obj = self._event(data)
-            if obj is not None:
-                out.append(obj)
+        try:
+            for data in self.parser.feed(chunk):
+                if data.strip() == b"[DONE]":
+                    self.finished = True
+                    continue
+                obj = self._event(data)
+                if obj is not None:
+                    out.append(obj)
+        except StreamFailed as e:
+            e.partial = out  # what came before the failure in the same chunk still goes out
+            raise
         return out
 
     def _event(self, data: bytes) -> dict[str, Any] | None:
@@ -123,9 +130,14 @@ class Translator:
             self.timing.last = now
         ready_calls = self.tool_calls() if self.finish_reason and self.calls and calls else None
         think = think if self.show_thinking else ""
-        if not (text or think or ready_calls):
+        lps = ollama_logprobs(choice.get("logprobs"))
+        if not (text or think or ready_calls or lps):
             return None  # e.g. vLLM's role-only first chunk: Ollama never sends an empty chunk
-        return self._chunk(text, think, ready_calls)
+        obj = self._chunk(text, think, ready_calls)
+        if lps:
+            self.logprobs += lps
+            obj["logprobs"] = lps
+        return obj
 
     def _delta(self, choice: dict[str, Any]) -> tuple[str, str, bool]:
         if self.kind == "generate" and "text" in choice:  # /v1/completions
@@ -202,6 +214,8 @@ class Translator:
             obj["response"] = text
             if think:
                 obj["thinking"] = think
+        if self.logprobs:
+            obj["logprobs"] = self.logprobs
         return obj
 
     def metrics(self) -> dict[str, int]:
@@ -219,6 +233,21 @@ class Translator:
         if "completion_tokens" in self.usage:
             out["eval_count"] = int(self.usage["completion_tokens"])
         return out
+
+
+def ollama_logprobs(lp: Any) -> list[dict[str, Any]]:
+    """A choice's logprobs (chat: `content` entries; completions: parallel lists) -> Ollama's list."""
+    if not isinstance(lp, dict):
+        return []
+    if isinstance(lp.get("content"), list):  # chat completions
+        return [{"token": e.get("token", ""), "logprob": e.get("logprob", 0.0),
+                 "top_logprobs": [{"token": t.get("token", ""), "logprob": t.get("logprob", 0.0)}
+                                  for t in e.get("top_logprobs") or []]} for e in lp["content"]]
+    tokens, values = lp.get("tokens") or [], lp.get("token_logprobs") or []
+    tops = lp.get("top_logprobs") or [None] * len(tokens)
+    return [{"token": tok, "logprob": val if val is not None else 0.0,
+             "top_logprobs": [{"token": k, "logprob": v} for k, v in (top or {}).items()]}
+            for tok, val, top in zip(tokens, values, tops, strict=False)]
 
 
 def parse_arguments(raw: str) -> dict[str, Any]:

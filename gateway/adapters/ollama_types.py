@@ -68,6 +68,8 @@ class GenerateRequest(Open):
     stream: bool | None = True
     keep_alive: KeepAlive | None = None
     context: list[int] | None = Field(None, description="deprecated; ignored")
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
 class ChatRequest(Open):
@@ -79,6 +81,17 @@ class ChatRequest(Open):
     options: Options | None = None
     stream: bool | None = True
     keep_alive: KeepAlive | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class TokenLogprob(Open):
+    token: str
+    logprob: float
+
+
+class Logprob(TokenLogprob):
+    top_logprobs: list[TokenLogprob] = []
 
 
 class Metrics(Open):
@@ -90,6 +103,7 @@ class Metrics(Open):
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
+    logprobs: list[Logprob] | None = None
 
 
 class GenerateResponse(Metrics):

@@ -224,3 +224,13 @@ def test_bad_keep_alive(value: object) -> None:
 
 def test_created_at_is_rfc3339_with_nanoseconds() -> None:
     assert ad.rfc3339(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456789Z"
+
+
+def test_logprobs_request() -> None:
+    body = chat({"logprobs": True, "top_logprobs": 3}).body
+    assert (body["logprobs"], body["top_logprobs"]) == (True, 3)
+    assert "logprobs" not in chat({"logprobs": False}).body
+    raw = ad.generate_plan({"prompt": "x", "raw": True, "logprobs": True, "top_logprobs": 2}, TINY, "t")
+    assert raw.body["logprobs"] == 2
+    with pytest.raises(BadRequest, match="top_logprobs"):
+        chat({"logprobs": True, "top_logprobs": 50})

@@ -224,3 +224,26 @@ def test_error_message_shapes() -> None:
     assert ad.error_message({"object": "error", "message": "old shape"}) == "old shape"
     assert ad.error_message({"error": "plain"}) == "plain"
     assert ad.error_message({"detail": "x"}) == "x"
+
+
+# ---------------------------------------------------------------- logprobs (OpenAI shapes, as vLLM sends them)
+
+
+def test_chat_logprobs_become_ollama_logprobs() -> None:
+    event = {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None, "logprobs": {"content": [
+        {"token": "Hi", "logprob": -0.5, "bytes": [72, 105],
+         "top_logprobs": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}, {"token": "Yo", "logprob": -2.0}]}]}}]}
+    tr = translator()
+    (chunk,) = tr.feed(b"data: " + orjson.dumps(event) + b"\n\n")
+    assert chunk["logprobs"] == [{"token": "Hi", "logprob": -0.5, "top_logprobs": [
+        {"token": "Hi", "logprob": -0.5}, {"token": "Yo", "logprob": -2.0}]}]
+    tr.feed(b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n')
+    assert tr.whole()["logprobs"] == chunk["logprobs"]
+
+
+def test_completion_logprobs_become_ollama_logprobs() -> None:
+    event = {"choices": [{"index": 0, "text": "ab", "finish_reason": "length", "logprobs": {
+        "tokens": ["a", "b"], "token_logprobs": [-0.1, -0.2], "top_logprobs": [{"a": -0.1}, {"b": -0.2, "c": -3.0}]}}]}
+    (chunk,) = translator("generate").feed(b"data: " + orjson.dumps(event) + b"\n\n")
+    assert chunk["logprobs"][1] == {"token": "b", "logprob": -0.2, "top_logprobs": [
+        {"token": "b", "logprob": -0.2}, {"token": "c", "logprob": -3.0}]}

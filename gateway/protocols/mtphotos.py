@@ -48,7 +48,9 @@ def pick_config(g: Gateway) -> Config:
             f"./start-service.sh {pinned}"
         )
     if not running:
-        known = sorted(c.name for c in g.registry.catalog if Protocol.mtphotos in c.protocols)
+        # CPU configs first: they run anywhere, so the hint works as given.
+        known = [c.name for c in sorted(g.registry.catalog, key=lambda c: (not c.is_cpu, c.name))
+                 if Protocol.mtphotos in c.protocols]
         hint = f" Start one with: ./start-service.sh {known[0]}" if known else ""
         raise NoVisionService(
             f"No MT Photos AI service is running (configs that serve it: {', '.join(known) or 'none'}).{hint}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -104,28 +105,36 @@ def spawn(coro: Any) -> None:
 # ---------------------------------------------------------------- keep_alive -> the service lifecycle
 
 
+def replicas(g: Gateway, route: Route) -> list[Backend]:
+    """keep_alive, load and unload are about the model: they apply to every replica of its config."""
+    return list(g.registry.running().get(route.config.name, ())) or [route.backend]
+
+
+async def on_replicas(g: Gateway, route: Route, path: str, payload: object = None) -> None:
+    await asyncio.gather(*(admin(g, b, "POST", path, payload, timeouts=LOAD_TIMEOUTS) for b in replicas(g, route)))
+
+
 async def apply_keep_alive(g: Gateway, route: Route, seconds: float | None) -> None:
     """Ollama's keep_alive sets how long the model stays loaded; absent means the default (the config's).
 
     Mapped onto the service's idle timeout; the value last set per backend is remembered so a request
     costs an admin call only when it changes something.
     """
-    cfg, backend = route.config, route.backend
-    wanted = float(cfg.idle_timeout_s) if seconds is None else (0.0 if seconds == float("inf") else seconds)
+    default = float(route.config.idle_timeout_s)
+    wanted = default if seconds is None else (0.0 if seconds == math.inf else seconds)
     last: dict[str, float] = g.extras.setdefault("ollama_idle_s", {})
-    if last.get(backend.url, float(cfg.idle_timeout_s)) == wanted or backend.admin_url == backend.url:
-        return
-    try:
-        await admin(g, backend, "POST", "/admin/idle-timeout", {"seconds": wanted}, timeouts=PROBE_TIMEOUTS)
-        last[backend.url] = wanted
-    except UpstreamError:
-        pass  # best effort: the request itself must not fail because of it
+    for b in replicas(g, route):
+        if last.get(b.url, default) == wanted or b.admin_url == b.url:
+            continue
+        with contextlib.suppress(UpstreamError):  # best effort: the request itself must not fail because of it
+            await admin(g, b, "POST", "/admin/idle-timeout", {"seconds": wanted}, timeouts=PROBE_TIMEOUTS)
+            last[b.url] = wanted
 
 
 async def after_request(g: Gateway, route: Route, keep: float | None) -> None:
     if keep == 0:
         with contextlib.suppress(UpstreamError):  # best effort, after the reply went out
-            await admin(g, route.backend, "POST", "/admin/unload", timeouts=LOAD_TIMEOUTS)
+            await on_replicas(g, route, "/admin/unload")
     else:
         await apply_keep_alive(g, route, keep)
 
@@ -133,11 +142,11 @@ async def after_request(g: Gateway, route: Route, keep: float | None) -> None:
 async def load_or_unload(g: Gateway, route: Route, kind: str, model: str, keep: float | None,
                          t0: int, stream: bool) -> Response:
     if keep == 0:
-        await admin(g, route.backend, "POST", "/admin/unload", timeouts=LOAD_TIMEOUTS)
+        await on_replicas(g, route, "/admin/unload")
         obj = ad.load_reply(kind, model, "unload")
     else:
         t_load = time.monotonic_ns()
-        await admin(g, route.backend, "POST", "/admin/load", timeouts=LOAD_TIMEOUTS)
+        await on_replicas(g, route, "/admin/load")
         loaded = time.monotonic_ns()
         await apply_keep_alive(g, route, keep)
         obj = ad.load_reply(kind, model, "load", load_ns=loaded - t_load, total_ns=time.monotonic_ns() - t0)
@@ -194,8 +203,10 @@ async def ndjson(g: Gateway, route: Route, stream: Any, tr: ad.Translator, keep:
             if out:
                 yield b"".join(line(o) for o in out)
         yield line(tr.final())
-    except (UpstreamError, ad.StreamFailed) as e:
-        yield line({"error": e.message if isinstance(e, GatewayError) else str(e)})
+    except UpstreamError as e:
+        yield line({"error": e.message})
+    except ad.StreamFailed as e:
+        yield b"".join(line(o) for o in [*e.partial, {"error": str(e)}])
     finally:
         stream.close()  # on client disconnect too: the backend sees the drop and aborts the request
         spawn(after_request(g, route, keep))
@@ -268,12 +279,14 @@ async def root() -> Response:
     return PlainTextResponse("Ollama is running")
 
 
-@router.api_route("/api/version", methods=["GET", "HEAD"], response_model=t.VersionResponse)
+@router.get("/api/version", response_model=t.VersionResponse)
+@router.head("/api/version", include_in_schema=False)
 async def version() -> Response:
     return json_response({"version": VERSION})
 
 
-@router.api_route("/api/tags", methods=["GET", "HEAD"], response_model=t.TagsResponse)
+@router.get("/api/tags", response_model=t.TagsResponse)
+@router.head("/api/tags", include_in_schema=False)
 async def tags(request: Request) -> Response:
     """The models that are up (one entry per config, under its served name)."""
     cfgs = gw(request).registry.running_configs(Protocol.ollama)
@@ -365,7 +378,7 @@ async def delete() -> Response:
     raise unsupported("deleting a model")
 
 
-@router.api_route("/api/blobs/{digest}", methods=["HEAD", "POST"], response_model=t.ErrorResponse,
-                  status_code=501)
+@router.post("/api/blobs/{digest}", response_model=t.ErrorResponse, status_code=501)
+@router.head("/api/blobs/{digest}", include_in_schema=False)
 async def blobs(digest: str) -> Response:
     raise unsupported("uploading model files (blobs)")

@@ -55,13 +55,16 @@ def check_ports(s: cp.Settings) -> None:
 
 
 def plan_gpus(cfg: Config, busy: dict[str, str]) -> tuple[list[str] | None, int | None]:
-    """(device_ids, render_gid) for this config, or GPUError when the host cannot run it."""
-    if cfg.gpus.vendor == "nvidia":
-        picked = gpus.choose(cfg, gpus.query(), busy)
-        return [g.index for g in picked], None
-    if cfg.gpus.vendor == "intel":
-        nodes = gpus.check_intel(cfg)
-        return None, os.stat(nodes[0]).st_gid
+    """(device_ids, render_gid) for this config, or DockerError when the host cannot run it."""
+    try:
+        if cfg.gpus.vendor == "nvidia":
+            picked = gpus.choose(cfg, gpus.query(), busy)
+            return [g.index for g in picked], None
+        if cfg.gpus.vendor == "intel":
+            nodes = gpus.check_intel(cfg)
+            return None, os.stat(nodes[0]).st_gid
+    except gpus.GPUError as e:
+        raise DockerError(str(e)) from None
     return None, None
 
 
@@ -106,6 +109,7 @@ class Runtime:
             return
         check_ports(self.s)
         self.paths.targets.mkdir(parents=True, exist_ok=True)
+        self.ensure_cache_volume()
         if not self.paths.backends.exists():
             write_json(self.paths.backends, {})
         what = "gateway, redis" + (", prometheus, grafana" if self.s.monitoring else " (MONITORING=off)")
@@ -114,6 +118,13 @@ class Runtime:
         self.compose_core(["up", "-d", "--wait", "--wait-timeout", str(int(self.opts.wait_s))], stream=True)
         state["configs_hash"] = configs_hash
         say(self.opts, f"[core] healthy after {time.monotonic() - t0:.0f} s; gateway on {self.s.gateway_url}")
+
+    def ensure_cache_volume(self) -> None:
+        name = f"{self.s.project}-hf-cache"
+        if self.docker.run("volume", "inspect", name, timeout=30).returncode != 0:
+            self.docker.run("volume", "create", "--label", f"{PLATFORM_LABEL}={self.s.project}", name,
+                            timeout=30, check=True)
+            say(self.opts, f"[core] created the model cache volume {name}")
 
     def compose_core(self, args: list[str], stream: bool = False) -> None:
         r = self.docker.compose([*cp.core_args(self.s), *args], cp.core_env(self.s), stream=stream,
@@ -129,7 +140,6 @@ class Runtime:
 
     # ---- one config
     def start_config(self, cfg: Config, device_ids: list[str] | None, render_gid: int | None) -> None:
-        self.ensure_image(cfg)
         cp.write_override(self.s, cfg, device_ids, render_gid)
         env, args = cp.config_env(self.s, cfg), cp.config_args(self.s, cfg)
         if cfg.model.build and not (self.s.models_dir / cfg.model.checkpoint).exists():
@@ -244,6 +254,7 @@ def start(names: list[str], paths: Paths | None = None, opts: Options | None = N
         plans = {}
         for cfg in cfgs:  # every check first: a config that cannot run here fails before anything starts
             if cfg.name not in running:
+                rt.ensure_image(cfg)
                 plans[cfg.name] = plan_gpus(cfg, gpu_owner)
                 gpu_owner.update(dict.fromkeys(plans[cfg.name][0] or [], cfg.name))
         rt.ensure_core(state)

@@ -4,7 +4,7 @@
 exist and have room, otherwise the least-loaded ones. Docker gets them as `device_ids` (the container
 then sees them as 0..N-1); a process on the host gets them as CUDA_VISIBLE_DEVICES.
 Models load lazily, so nvidia-smi cannot see GPUs that a started-but-idle config will fill: `busy`
-lists GPUs already given to running configs, and they are only chosen when nothing else is left.
+lists GPUs already given to running configs; they are never chosen automatically (pinning shares them).
 """
 
 from __future__ import annotations
@@ -120,11 +120,17 @@ def choose(cfg: Config, gpus: list[GPU], busy: Mapping[str, str] | None = None) 
             picked.append(g)
         _check_room(cfg, picked, busy)
         return picked
-    roomy = [g for g in gpus if g.free_mib >= need_free_mib(cfg, g)]
-    # Unassigned GPUs first, then most free memory, then least busy, then lowest index.
-    roomy.sort(key=lambda g: (g.index in busy, -g.free_mib, g.util_pct, _num(g.index)))
+    free = [g for g in gpus if g.index not in busy]
+    if len(free) < n:
+        taken = ", ".join(f"GPU {i} ({owner})" for i, owner in sorted(busy.items()))
+        raise GPUError(f"{cfg.name} needs {n} GPU(s) but only {len(free)} are not given to a running config "
+                       f"({taken}; their models load lazily, so nvidia-smi may not show it yet). Stop one, or pin "
+                       "gpus.device_ids in the config to share GPUs on purpose")
+    roomy = [g for g in free if g.free_mib >= need_free_mib(cfg, g)]
+    # Most free memory first, then least busy, then lowest index.
+    roomy.sort(key=lambda g: (-g.free_mib, g.util_pct, _num(g.index)))
     if len(roomy) < n:
-        detail = "; ".join(f"{g.describe()}, needs {need_free_mib(cfg, g) / MIB_PER_GIB:.1f} GiB" for g in gpus)
+        detail = "; ".join(f"{g.describe()}, needs {need_free_mib(cfg, g) / MIB_PER_GIB:.1f} GiB" for g in free)
         raise GPUError(f"{cfg.name} needs {n} GPU(s) with enough free memory, only {len(roomy)} have it: {detail}")
     return roomy[:n]
 

@@ -307,7 +307,7 @@ def start(names: list[str], paths: Paths | None = None, opts: Options | None = N
             publish(paths, backends_of(state))
         state["gateway"] = ensure_gateway(paths, state, opts)
         write_json(paths.state, state)
-        publish(paths, backends_of(state))
+        publish(paths, backends_of(state), gateway=f"127.0.0.1:{opts.gateway_port}")
     return state
 
 

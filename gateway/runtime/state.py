@@ -89,8 +89,8 @@ def locked(paths: Paths) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def publish(paths: Paths, backends: dict[str, list[dict[str, str]]]) -> None:
-    """Tell the gateway (and Prometheus) what runs now."""
+def publish(paths: Paths, backends: dict[str, list[dict[str, str]]], gateway: str | None = None) -> None:
+    """Tell the gateway (and Prometheus) what runs now; `gateway` is its host:port, for scraping."""
     write_json(paths.backends, backends)
     try:
         from gateway.runtime_targets import write_targets
@@ -98,4 +98,4 @@ def publish(paths: Paths, backends: dict[str, list[dict[str, str]]]) -> None:
         return
     from gateway.configs import load_catalog
 
-    write_targets(backends, load_catalog(), paths.targets)
+    write_targets(backends, load_catalog(), paths.targets, gateway=gateway)

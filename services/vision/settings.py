@@ -6,7 +6,9 @@ Environment (all optional):
   VISION_BACKEND          openvino | onnxruntime
   VISION_DEVICE           default device for every task; OCR_DEVICE / CLIP_DEVICE / FACE_DEVICE per task
                           (OpenVINO: CPU, GPU, GPU.1, AUTO; ONNX Runtime: CPU, CUDA, CUDA:1)
-  VISION_PRECISION        f32 | bf16 | f16 | auto (OpenVINO inference precision; f32 is exact)
+  VISION_PRECISION        f32 | bf16 | f16 | auto (OpenVINO inference precision; f32 is exact);
+                          OCR_PRECISION / CLIP_PRECISION / FACE_PRECISION per task (e.g. bf16 CLIP
+                          and face on CPUs with AVX512_BF16/AMX while OCR stays exact)
   OCR_WORKERS / CLIP_WORKERS / FACE_WORKERS   parallel inference requests per model
   WEB_CONCURRENCY         server processes (each loads its own models)
   OCR_MODEL               PP-OCRv4 | PP-OCRv6
@@ -44,7 +46,7 @@ class Settings:
     api_key: str = DEFAULT_KEY
     backend: str = "openvino"
     devices: dict[str, str] = field(default_factory=lambda: dict.fromkeys(TASKS, "CPU"))
-    precision: str = "f32"
+    precisions: dict[str, str] = field(default_factory=lambda: dict.fromkeys(TASKS, "f32"))
     workers: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TASKS, 2))
     web_concurrency: int = 1
     ocr_model: str = "PP-OCRv4"
@@ -101,12 +103,13 @@ def from_config(cfg: Config, env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ if env is None else env)
     args = cfg.vision or VisionArgs()
     device = env.get("VISION_DEVICE") or args.device
+    precision = env.get("VISION_PRECISION") or args.precision
     s = Settings(
         config_name=cfg.name,
         api_key=env.get("API_AUTH_KEY", DEFAULT_KEY),
         backend=env.get("VISION_BACKEND") or args.backend,
         devices={t: env.get(f"{t.upper()}_DEVICE") or device for t in TASKS},
-        precision=env.get("VISION_PRECISION") or args.precision,
+        precisions={t: env.get(f"{t.upper()}_PRECISION") or precision for t in TASKS},
         workers={
             "ocr": args.ocr_workers,
             "clip": args.clip_workers,
@@ -154,8 +157,9 @@ def validate(s: Settings) -> Settings:
         raise SettingsError(f"backend must be openvino or onnxruntime, got {s.backend!r}")
     if s.ocr_model not in OCR_MODELS:
         raise SettingsError(f"OCR model must be one of {', '.join(OCR_MODELS)}, got {s.ocr_model!r}")
-    if s.precision not in ("f32", "bf16", "f16", "auto"):
-        raise SettingsError(f"precision must be f32, bf16, f16 or auto, got {s.precision!r}")
+    for task, prec in s.precisions.items():
+        if prec not in ("f32", "bf16", "f16", "auto"):
+            raise SettingsError(f"{task.upper()}_PRECISION must be f32, bf16, f16 or auto, got {prec!r}")
     if not 0 < s.detection_thresh < 1:
         raise SettingsError(f"detection threshold must be in (0, 1), got {s.detection_thresh}")
     for task, dev in s.devices.items():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("cv2")
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from services.vision.images import MSG_DECODE, MSG_EMPTY, MSG_RANGE, ImageError, decode_image  # noqa: E402
+from services.vision.images import MSG_DECODE, MSG_EMPTY, MSG_RANGE, ImageError, decode_image
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:

@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
-from services.vision import clip, face, ocr, standins  # noqa: E402
-from services.vision.backends import BackendSpec  # noqa: E402
+from services.vision import clip, face, ocr, standins
+from services.vision.backends import BackendSpec
 
 BACKENDS = ("openvino", "onnxruntime")
 
@@ -74,6 +74,27 @@ def test_backends_agree_on_clip(models):
         a, b = (np.array(out[k][i], dtype=np.float64) for k in BACKENDS)
         assert len(a) == 512 and np.allclose(a, b, atol=1e-5)
     assert all(len(s.split(".")[1]) == 16 for s in out["openvino"][0])
+
+
+def test_openvino_auto_runs_and_missing_gpu_is_a_clear_error(models, report):
+    from services.vision.backends import BackendError, load_model
+
+    files = clip.clip_files(models / "clip", "vit-b-16")
+    vec = clip.ClipImageWorker(load_model(files["img"], BackendSpec("openvino", "AUTO", "auto")), True)(face_image())
+    assert len(vec) == 512
+    with pytest.raises(BackendError, match="not available here"):
+        load_model(files["img"], BackendSpec("openvino", "GPU", "auto"))
+    report.validated("vision: OpenVINO GPU device (Intel Arc, config mt-photos)", "no Intel GPU here; AUTO ran on CPU")
+
+
+def test_ocr_rec_fixed_width_buckets_give_the_same_text():
+    from services.vision.testing import as_array, text_image
+
+    img = as_array(text_image(["营业时间 9:00-21:00", "Hello World"]))
+    spec = BackendSpec("onnxruntime", "CPU")
+    dynamic = ocr.OcrModels("PP-OCRv4", spec, dynamic_width=True).worker()(img)
+    fixed = ocr.OcrModels("PP-OCRv4", spec, dynamic_width=False).worker()(img)
+    assert fixed["texts"] == dynamic["texts"] and dynamic["texts"]
 
 
 def test_ocr_format_and_rec_width_padding():

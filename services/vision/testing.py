@@ -36,8 +36,10 @@ def free_port() -> int:
 def build_models(out: Path, name: str = "standins") -> Path:
     """Stand-in CLIP/face files (services.vision.build) into `out`, once."""
     if not out.exists():
-        subprocess.run([str(vision_python()), "-m", "services.vision.build", name, str(out)], cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True)
+        r = subprocess.run([str(vision_python()), "-m", "services.vision.build", name, str(out)], cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"building {name} stand-ins failed:\n{r.stdout[-2000:]}{r.stderr[-3000:]}")
     return out
 
 
@@ -49,7 +51,9 @@ class Service:
 
 
 @contextlib.contextmanager
-def run_service(log: Path, env: dict[str, str], config: str = "mt-photos-cpu", wait_s: float = 120) -> Iterator[Service]:
+def run_service(
+    log: Path, env: dict[str, str], config: str = "mt-photos-cpu", wait_s: float = 120
+) -> Iterator[Service]:
     port = free_port()
     cmd = [str(vision_python()), "-m", "services.vision", "--config", config, "--port", str(port)]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **env}

@@ -1,0 +1,57 @@
+"""Limits that need no server: prompt estimate, body limits per route, usage batching."""
+
+import orjson
+import pytest
+
+from gateway.configs import load_catalog
+from gateway.errors import BadRequest
+from gateway.limits import Settings, Usage, check_prompt, text_chars
+from gateway.store import MemoryStore, ResilientStore
+
+TINY = load_catalog().require("tiny-llm")  # context_length 2048
+
+
+def chat(text: str, **kw) -> bytes:
+    return orjson.dumps({"model": "tiny", "messages": [{"role": "user", "content": text}], **kw})
+
+
+def test_short_prompt_is_not_parsed_and_passes():
+    assert check_prompt(None, TINY, "/v1/chat/completions", chat("hello")) < 100
+    assert check_prompt(None, TINY, "/v1/embeddings", b"x" * 100_000) == 0  # not a prompt route
+
+
+def test_long_prompt_is_refused_with_openai_code():
+    with pytest.raises(BadRequest) as e:
+        check_prompt(None, TINY, "/v1/chat/completions", chat("word " * 4000))
+    assert e.value.code == "context_length_exceeded" and e.value.param == "messages" and "2048" in e.value.message
+
+
+def test_image_parts_do_not_count_as_prompt_text():
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 50_000}}
+    body = {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, image]}]}
+    assert text_chars(body) == 5
+    assert check_prompt(None, TINY, "/v1/chat/completions", orjson.dumps(body)) == 1
+
+
+def test_completions_prompt_list():
+    assert text_chars({"prompt": ["ab", "cd"]}) == 4
+    with pytest.raises(BadRequest) as e:
+        check_prompt(None, TINY, "/v1/completions", orjson.dumps({"model": "t", "prompt": "x" * 10_000}))
+    assert e.value.param == "prompt"
+
+
+def test_image_routes_have_their_own_body_limit():
+    s = Settings(max_body=10, max_image_body=1000)
+    assert s.body_limit("/v1/chat/completions") == 10
+    assert s.body_limit("/v1/images/generations") == s.body_limit("/ocr") == s.body_limit("/clip/img") == 1000
+
+
+async def test_usage_is_batched_per_key():
+    store = ResilientStore(None)
+    usage = Usage(store)
+    usage.add("k", requests=1, prompt_tokens=3)
+    usage.add("k", requests=1, completion_tokens=0)
+    assert await store.usage("k") == {}
+    await usage.flush()
+    assert await store.usage("k") == {"requests": 2, "prompt_tokens": 3}
+    assert isinstance(store.memory, MemoryStore)

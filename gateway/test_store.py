@@ -1,0 +1,164 @@
+"""The stores: Redis and in-process give the same answers; the resilient store survives a Redis restart.
+
+Uses a real `redis-server` (Debian package, tests/apt-packages.txt) on a free loopback port.
+`RedisServer` is also used by tests/test_hardening_*.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from gateway.store import InflightBoard, MemoryStore, RedisStore, ResilientStore
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A throwaway redis-server (no persistence) that can be stopped and started again on its port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="gw-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", self.dir, "--daemonize", "no"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server():
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request):
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    server = request.getfixturevalue("redis_server")
+    s = RedisStore(server.url)
+    await s.heartbeat()
+    yield s
+    await s.close()
+
+
+async def test_requests_per_minute(store):
+    assert [await store.admit("k", 2, 0) for _ in range(3)] == [0, 0, 1]
+    assert await store.admit("other", 2, 0) == 0  # per key
+    assert await store.admit("k", 0, 0) == 0  # no limit configured
+
+
+async def test_tokens_per_minute_come_from_usage(store):
+    assert await store.admit("k", 0, 100) == 0
+    await store.add_usage("k", {"prompt_tokens": 60, "completion_tokens": 40, "requests": 1})
+    assert await store.admit("k", 0, 100) == 2
+    assert await store.usage("k") == {"prompt_tokens": 60, "completion_tokens": 40, "requests": 1}
+
+
+async def test_slots(store):
+    assert [await store.acquire("s", 2) for _ in range(3)] == [True, True, False]
+    await store.release("s")
+    assert await store.acquire("s", 2)
+    assert await store.slots("s") == 2
+
+
+async def test_inflight_is_summed_over_replicas(redis_server):
+    a, b = RedisStore(redis_server.url, "a"), RedisStore(redis_server.url, "b")
+    for s in (a, b):
+        await s.heartbeat()
+    assert await a.sync_inflight({"u1": 3, "u2": 0}) == {"u1": 3, "u2": 0}
+    assert await b.sync_inflight({"u1": 1, "u2": 2}) == {"u1": 4, "u2": 2}
+    # A replica that dies stops its heartbeat: its counts no longer count.
+    await a.redis.delete(a.beat_prefix + "a")
+    assert await b.sync_inflight({"u1": 1, "u2": 2}) == {"u1": 1, "u2": 2}
+    await a.close()
+    await b.close()
+
+
+async def test_board_keeps_the_registry_view(redis_server):
+    totals: dict[str, int] = {}
+    store = ResilientStore(RedisStore(redis_server.url, "a"))
+    await store.start()
+    other = RedisStore(redis_server.url, "b")
+    await other.heartbeat()
+    await other.sync_inflight({"u1": 5})
+    board = InflightBoard(store, totals)
+    board.begin("u1")
+    board.begin("u2")
+    assert totals == {"u1": 1, "u2": 1}
+    await board.sync(["u1", "u2"])
+    assert totals == {"u1": 6, "u2": 1}
+    board.end("u1")
+    assert totals["u1"] == 5
+    await store.close()
+    await other.close()
+
+
+async def test_resilient_store_falls_back_and_recovers(redis_server, caplog):
+    caplog.set_level(logging.WARNING, "gateway.store")
+    store = ResilientStore(RedisStore(redis_server.url, "a", timeout_s=0.3))
+    store.PROBE_EVERY_S = 0.1
+    await store.start()
+    await store.add_usage("k", {"requests": 1})
+    assert store.kind == "redis"
+    redis_server.stop()
+    await store.add_usage("k", {"requests": 2})  # no error: counted in memory
+    assert store.kind == "memory" and "redis unavailable" in caplog.text
+    assert await store.admit("k", 1, 0) == 0 and await store.admit("k", 1, 0) == 1  # limits still hold
+    redis_server.start()
+    for _ in range(100):
+        if store.kind == "redis":
+            break
+        await asyncio.sleep(0.05)
+    assert store.kind == "redis" and "redis is back" in caplog.text
+    # Redis restarted empty: the usage counted during the outage moved over.
+    assert (await store.usage("k"))["requests"] == 2
+    await store.close()
+
+
+async def test_no_redis_url_means_memory(monkeypatch):
+    from gateway.store import from_env
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    store = from_env()
+    assert store.kind == "memory" and store.redis is None
+    assert await store.admit("k", 1, 0) == 0
