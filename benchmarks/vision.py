@@ -8,7 +8,7 @@ CLIP and face use FULL-SIZE stand-ins (ViT-B/16, IResNet-50, SCRFD-10G-like: ran
 shapes), built once with `services.vision.build standins-full`; OCR uses the real PP-OCRv4 models.
 OCR text must be identical to the baseline's (checked and printed).
 
-Usage: .venvs/vision/bin/python benchmarks/vision.py [--backend openvino] [--requests 16] [--models DIR]
+Usage: .venvs/vision/bin/python benchmarks/vision.py [--backend openvino] [--seconds 6] [--rounds 3] [--models DIR]
 """
 
 from __future__ import annotations
@@ -83,17 +83,25 @@ class Baseline:
 
 
 # ---------------------------------------------------------------- measurement
-def rate(fn, items: list[bytes], n: int, concurrency: int) -> float:
+def rate(fn, items: list[bytes], seconds: float, concurrency: int) -> float:
+    """Images/s with `concurrency` clients calling back to back for about `seconds`."""
     fn(items[0])  # warm-up (and lazy load)
-    jobs = [items[i % len(items)] for i in range(n)]
     t0 = time.perf_counter()
+    deadline = t0 + seconds
+
+    def client(k: int) -> int:
+        done = 0
+        while time.perf_counter() < deadline:
+            fn(items[(k + done) % len(items)])
+            done += 1
+        return done
+
     if concurrency == 1:
-        for j in jobs:
-            fn(j)
+        count = client(0)
     else:
         with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(fn, jobs))
-    return n / (time.perf_counter() - t0)
+            count = sum(pool.map(client, range(concurrency)))
+    return count / (time.perf_counter() - t0)
 
 
 def service_calls(url: str) -> dict:
@@ -112,7 +120,7 @@ def service_calls(url: str) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default=os.environ.get("VISION_BACKEND", "openvino"))
-    p.add_argument("--requests", type=int, default=16, help="requests per measurement")
+    p.add_argument("--seconds", type=float, default=6.0, help="length of one measurement")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is kept")
     p.add_argument("--f32-only", action="store_true", help="skip the bf16 CLIP/face profile")
     p.add_argument("--models", type=Path, default=ROOT / ".run" / "bench" / "vision-standins-full")
@@ -129,7 +137,7 @@ def main() -> int:
         profiles["clip+face bf16"] = {"CLIP_PRECISION": "bf16", "FACE_PRECISION": "bf16"}
     texts, vectors = {}, {}
     best: dict[tuple[str, str], float] = {}
-    n = max(4, a.requests // 2)
+    n = a.seconds
 
     def keep(key: tuple[str, str], value: float) -> None:
         best[key] = max(best.get(key, 0.0), value)
@@ -151,7 +159,7 @@ def main() -> int:
                 keep(("baseline", task), rate(calls[task], work[task], n, 1))
                 for name, fns in services.items():
                     keep((name + " c1", task), rate(fns[task], work[task], n, 1))
-                    keep((name + " c8", task), rate(fns[task], work[task], a.requests, 8))
+                    keep((name + " c8", task), rate(fns[task], work[task], n, 8))
     rows = [(name, task, best[("baseline", task)], best[(name + " c1", task)], best[(name + " c8", task)])
             for name in profiles for task in ("ocr", "clip", "face")]
     print(f"\nvision benchmark: backend {a.backend}, {os.cpu_count()} CPUs, images/s, best of {a.rounds} "

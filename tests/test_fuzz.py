@@ -20,6 +20,7 @@ import pytest
 import requests
 import schemathesis
 import uvicorn
+import uvloop
 from aiohttp import web
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -35,7 +36,7 @@ from gateway.testing import FakeBackend
 from tests.test_hardening_auth import ENV_NAMES, FakeMTPhotos
 
 pytestmark = pytest.mark.slow
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))  # per operation and generation mode
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))  # per operation and generation mode
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 MODELS = ("tiny", "tiny-llm")
 cases = {"n": 0, "by_status": {}}
@@ -75,7 +76,7 @@ class Stack:
     """Fake vLLM + fake MT Photos + the gateway, on one event loop in a background thread."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # as in production (`python -m gateway`)
         self.ready = threading.Event()
         self.url = ""
         self.app: Any = None
@@ -114,13 +115,15 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack(report) -> Iterator[Stack]:
     saved = {n: os.environ.pop(n) for n in ENV_NAMES if n in os.environ}  # an open gateway, default limits
     s = Stack().start()
     yield s
     s.stop()
     os.environ.update(saved)
-    print(f"\n[fuzz] {cases['n']} cases; responses by status: {dict(sorted(cases['by_status'].items()))}")
+    by_status = dict(sorted(cases["by_status"].items()))
+    print(f"\n[fuzz] {cases['n']} cases; responses by status: {by_status}")
+    report.real(f"fuzz: schemathesis, {cases['n']} cases over the gateway's OpenAPI (all protocols): {by_status}")
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +139,7 @@ schema.config.generation.update(modes=["positive", "negative"], max_examples=EXA
 
 @schema.parametrize()
 @settings(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
-def test_gateway_openapi(case, stack, session, report):
+def test_gateway_openapi(case, stack, session):
     if isinstance(case.body, dict) and isinstance(case.body.get("model"), str) and cases["n"] % 2:
         case.body["model"] = MODELS[cases["n"] % 4 // 2]  # reach the backend too
     cases["n"] += 1
@@ -145,4 +148,3 @@ def test_gateway_openapi(case, stack, session, report):
     documented_501 = response.status_code == 501 and "501" in case.operation.definition.raw.get("responses", {})
     checks = CHECKS[1:] if documented_501 else CHECKS  # Ollama's "not implemented" (push, create...) is its API
     case.validate_response(response, checks=checks)
-    report.real(f"fuzz: schemathesis on the gateway's OpenAPI (all protocols), {EXAMPLES} examples per operation")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from collections.abc import AsyncIterator
 
 import httpx
@@ -16,11 +17,21 @@ import pytest
 
 from gateway.app import create_app
 from gateway.registry import Backend, Registry
-from gateway.test_store import RedisServer, redis_server  # noqa: F401  (the fixture)
+from gateway.test_store import RedisServer
 from gateway.testing import FakeBackend
 from tests.test_hardening_auth import KEY, bearer, chat, clean_env
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def redis_server(report):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer().start()
+    report.real("redis-server (shared gateway state, restarted mid-test)")
+    yield server
+    server.cleanup()
 
 
 @contextlib.asynccontextmanager

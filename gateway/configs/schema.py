@@ -147,7 +147,7 @@ class DiffusersArgs(Strict):
     queue_size: int = Field(8, ge=1, description="requests waiting beyond this get 429")
     compile: bool = Field(False, description="regional torch.compile of the repeated blocks")
     fuse_qkv: bool = False
-    fp8: bool = Field(False, description="torchao dynamic float8: lossy, faster on Hopper")
+    fp8: bool = Field(False, description="dynamic float8 matmuls (own layer; IMAGE_FP8_IMPL=torchao): lossy, Hopper")
     vae_tiling_above: int | None = Field(None, description="tile the VAE decode above this size")
     cfg_batch: bool = Field(True, description="Ovis: cond+uncond in one forward when faster")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
@@ -29,6 +29,7 @@ from gateway.upstream import Stream
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+T = TypeVar("T")
 router = APIRouter(tags=["openai"])
 STARTED = int(time.time())
 # Pass-through routes and the body fields the gateway checks itself.
@@ -172,7 +173,10 @@ class FastPath:
         scope["route"] = self.routes.get(path)  # the metrics label the FastAPI route would have set
         g: Gateway = self.fastapi.state.gw
         try:
-            out = await pass_through(g, path, await read_body(receive))
+            raw = await read_body(receive)
+            out = await cancel_on_disconnect(pass_through(g, path, raw), receive)
+        except ClientGone:
+            return  # the upstream request was cancelled with the work; nobody is left to answer
         except GatewayError as e:
             response = await self.fastapi.exception_handlers[GatewayError](Request(scope, receive), e)
             await response(scope, receive, send)
@@ -184,6 +188,37 @@ class FastPath:
             await send({"type": "http.response.body", "body": out.body})
             return
         await relay_sse(g, out, receive, send)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def cancel_on_disconnect(work: Coroutine[Any, Any, T], receive: Receive) -> T:
+    """Await `work`, cancelling it if the client hangs up meanwhile: a non-streamed generation the client
+    no longer waits for stops on the backend too (cancelling closes the upstream connection)."""
+    task = asyncio.current_task()
+    assert task is not None
+    state = {"done": False, "gone": False}
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not state["done"]:
+            state["gone"] = True
+            task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if state["gone"]:
+            task.uncancel()
+            raise ClientGone from None
+        raise
+    finally:
+        state["done"] = True
+        watcher.cancel()
 
 
 async def read_body(receive: Receive) -> bytes:

@@ -97,6 +97,7 @@ class Runtime:
 
     # ---- the core
     def ensure_core(self, state: dict[str, Any]) -> None:
+        self.ensure_cache_volume()
         gw = self.gateway_container()
         configs_hash = cp.configs_hash(self.s.configs_dir)
         if gw and gw["state"] == "running":
@@ -109,13 +110,13 @@ class Runtime:
             return
         check_ports(self.s)
         self.paths.targets.mkdir(parents=True, exist_ok=True)
-        self.ensure_cache_volume()
         if not self.paths.backends.exists():
             write_json(self.paths.backends, {})
         what = "gateway, redis" + (", prometheus, grafana" if self.s.monitoring else " (MONITORING=off)")
         say(self.opts, f"[core] starting the platform core ({what}) ...")
         t0 = time.monotonic()
-        self.compose_core(["up", "-d", "--wait", "--wait-timeout", str(int(self.opts.wait_s))], stream=True)
+        wait = ["--wait", "--wait-timeout", str(int(self.opts.wait_s))]
+        self.compose_core(["up", "-d", *wait], stream=not self.opts.quiet)
         state["configs_hash"] = configs_hash
         say(self.opts, f"[core] healthy after {time.monotonic() - t0:.0f} s; gateway on {self.s.gateway_url}")
 
@@ -156,6 +157,7 @@ class Runtime:
             if self.opts.preload and cfg.engine == Engine.vllm:
                 self.preload(cfg, cid)
         except BaseException:
+            say(self.opts, "")  # end the progress line before the error
             if not _env_flag_keep():
                 self.docker.compose([*args, "down", "--timeout", "10"], env, timeout=120)
             raise
@@ -200,7 +202,12 @@ class Runtime:
                 say(self.opts, f"\r[{cfg.name}] healthy after {elapsed:.0f} s" + " " * 60)
                 return
             if not st.get("Running") or st.get("Restarting") or health == "unhealthy" or info.get("RestartCount"):
-                why = "is unhealthy" if health == "unhealthy" else f"exited (code {st.get('ExitCode')})"
+                if st.get("Restarting") or info.get("RestartCount"):
+                    why = f"keeps exiting (restarted {info.get('RestartCount', 0)} time(s))"
+                elif not st.get("Running"):
+                    why = f"exited (code {st.get('ExitCode')})"
+                else:
+                    why = "failed its health check"
                 raise DockerError(f"{cfg.name}: its container {why}; last log lines:\n{self.docker.logs(cid)}")
             if elapsed > self.opts.wait_s:
                 raise DockerError(f"{cfg.name}: not healthy after {elapsed:.0f} s (START_TIMEOUT_S); "

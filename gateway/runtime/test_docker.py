@@ -210,7 +210,7 @@ def test_unhealthy_container_shows_logs_and_is_removed(fake: Fake, capsys: pytes
     fake.update(health="unhealthy")
     assert run("start", "mt-photos-cpu") == 1
     err = capsys.readouterr().err
-    assert "mt-photos-cpu: its container is unhealthy" in err and "RuntimeError: the model exploded" in err
+    assert "mt-photos-cpu: its container failed its health check" in err and "RuntimeError: the model exploded" in err
     assert fake.compose_calls("down")[-1][:2] == ["-p", "modelplat-mt-photos-cpu"]
 
 

@@ -9,47 +9,17 @@ import gc
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from services.image import cfg_batch, speed
+from services.image.jobs import MAX_SEED, Job, Result
 
 log = logging.getLogger("image.engine")
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-MAX_SEED = 2**32 - 1
-
-
-@dataclass(frozen=True)
-class Job:
-    prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance: float
-    seed: int | None = None
-    negative_prompt: str = ""
-    n: int = 1
-
-    @property
-    def batch_key(self) -> tuple[Any, ...]:
-        """Jobs with equal keys can share one pipeline call."""
-        return (self.width, self.height, self.steps, self.guidance, self.negative_prompt)
-
-
-@dataclass
-class Result:
-    images: list[Any]  # PIL images
-    seeds: list[int]
-    seconds: float  # wall time of the pipeline call(s) that made them, shared by a batch
-    step_seconds: float  # mean time of one denoising step
-    batch_images: int = 1
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 class StepTimer:
     """Mean time per denoising step without a device sync in the loop (events on CUDA)."""
 

@@ -13,12 +13,14 @@ import torch
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448
+# Hopper's fast fp8 accumulation, as torchao uses for inference: measurably faster, slightly less exact.
+FAST_ACCUM = True
 
 
 def _rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, k) -> float8 values and float32 per-row scales, so that x ~= q * scale."""
     scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
-    return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+    return (x / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
 
 
 class Fp8Linear(torch.nn.Module):
@@ -34,7 +36,7 @@ class Fp8Linear(torch.nn.Module):
         lead = x.shape[:-1]
         xq, x_scale = _rowwise(x.reshape(-1, self.in_features))
         y = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale,
-                             out_dtype=x.dtype)
+                             out_dtype=x.dtype, use_fast_accum=FAST_ACCUM)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)

@@ -13,7 +13,8 @@ Environment (all optional):
   WEB_CONCURRENCY         server processes (each loads its own models)
   OCR_MODEL               PP-OCRv4 | PP-OCRv6
   OCR_REC_DYNAMIC_WIDTH   1 (default): recogniser width follows each batch; 0: widths padded to
-                          fixed buckets (fewer distinct shapes for GPU plugins that recompile per shape)
+                          fixed buckets (fewer distinct shapes for GPU plugins that recompile per shape;
+                          the extra padding can change spaces between Latin words)
   CLIP_SWAP_RED_BLUE      1/0: reproduce the official image's BGR-as-RGB CLIP input (see README)
   DETECTION_THRESH        face detection threshold (0.65)
   VISION_MODELS_DIR       folder with clip/ and insightface/models/<pack>/ (CLIP and face files)
