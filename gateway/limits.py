@@ -33,7 +33,7 @@ from starlette.requests import Request
 
 from gateway import auth
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, RateLimited
-from gateway.store import InflightBoard, ResilientStore, retry_after
+from gateway.store import InflightBoard, ResilientStore, retry_after, window_now
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -92,9 +92,11 @@ class Hardening:
     store: ResilientStore
     board: InflightBoard
     usage: Usage = field(init=False)
+    admission: Admission = field(init=False)
 
     def __post_init__(self) -> None:
         self.usage = Usage(self.store)
+        self.admission = Admission(self.store)
 
     def limit(self, caller: auth.Caller, name: str) -> int:
         own = getattr(caller, name)
@@ -139,6 +141,42 @@ class Usage:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()
+
+
+# ---------------------------------------------------------------- admission, leased
+class Admission:
+    """Requests-per-minute permits taken from the store in leases, so that a busy key costs one store
+    round trip per lease instead of one per request. A replica never takes more than the minute has
+    left, so replicas together never exceed the limit; a lease's unused permits lapse with its minute.
+    Small limits lease one permit at a time (exact); the tokens-per-minute check runs with each lease.
+    """
+
+    LEASE_MAX = 32
+    LEASE_SHARE = 50  # a lease is at most 1/50 of the limit: a replica never hoards much of the minute
+    TOKENS_PER_PERMIT = 50_000  # with a token limit, one permit per this many tokens of it (lag stays small)
+
+    def __init__(self, store: ResilientStore) -> None:
+        self.store = store
+        self.leases: dict[str, tuple[int, int]] = {}  # key id -> (window, permits left)
+
+    def lease_size(self, rpm: int, tpm: int) -> int:
+        size = self.LEASE_MAX
+        if rpm > 0:
+            size = min(size, rpm // self.LEASE_SHARE)
+        if tpm > 0:
+            size = min(size, tpm // self.TOKENS_PER_PERMIT)
+        return max(1, size)
+
+    async def admit(self, key: str, rpm: int, tpm: int) -> int:
+        window = window_now()[0]
+        held = self.leases.get(key)
+        if held is not None and held[0] == window and held[1] > 0:
+            self.leases[key] = (window, held[1] - 1)
+            return 0
+        verdict, permits = await self.store.admit(key, rpm, tpm, self.lease_size(rpm, tpm))
+        if permits:
+            self.leases[key] = (window, permits - 1)
+        return verdict
 
 
 # ---------------------------------------------------------------- checks used by forward.py
@@ -242,7 +280,7 @@ class Guard:
             await self.reject(scope, receive, send, e)
             return
         token = auth.CURRENT.set(caller)
-        send = self.counting(send, caller, path)
+        send = self.counting(send, caller, path, scope["method"])
         try:
             await self.app(scope, receive, send)
         finally:
@@ -281,7 +319,7 @@ class Guard:
         rpm, tpm = self.h.limit(caller, "rpm"), self.h.limit(caller, "tpm")
         if rpm <= 0 and tpm <= 0:
             return
-        verdict = await self.h.store.admit(caller.id, rpm, tpm)
+        verdict = await self.h.admission.admit(caller.id, rpm, tpm)
         if verdict:
             what, limit = ("requests", rpm) if verdict == 1 else ("tokens", tpm)
             wait = retry_after()
@@ -290,11 +328,11 @@ class Guard:
             err.limit = what  # type: ignore[attr-defined]  # the metrics label
             raise err
 
-    def counting(self, send: Send, caller: auth.Caller, path: str) -> Send:
+    def counting(self, send: Send, caller: auth.Caller, path: str, method: str) -> Send:
         """Count the request, and the images / OCR calls a successful answer carries."""
         usage = self.h.usage
         usage.add(caller.id, requests=1)
-        if path.startswith("/v1/images/"):
+        if method == "POST" and path.startswith("/v1/images/"):
             return count_images(send, usage, caller.id)
         if path == "/ocr":
             return count_ok(send, usage, caller.id, "ocr_calls")

@@ -31,17 +31,19 @@ HEARTBEAT_TTL_S = 15
 HEARTBEAT_EVERY_S = 5
 PREFIX = "modelplat:gw:"
 
-# Admission: tokens already used this minute, then one more request unless over the limit.
-# Returns 0 = allowed, 1 = requests per minute exceeded, 2 = tokens per minute exceeded.
+# Admission: tokens already used this minute, then up to `want` request permits (a lease) unless the
+# minute's requests are used up. Returns {verdict, permits}: verdict 0 = allowed, 1 = requests per
+# minute exceeded, 2 = tokens per minute exceeded.
 ADMIT_LUA = """
-local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
-if tpm > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tpm then return 2 end
-if rpm > 0 then
-  local n = redis.call('INCR', KEYS[1])
-  if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-  if n > rpm then redis.call('DECR', KEYS[1]); return 1 end
-end
-return 0
+local rpm, tpm, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+if tpm > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tpm then return {2, 0} end
+if rpm <= 0 then return {0, want} end
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= rpm then return {1, 0} end
+local take = math.min(want, rpm - used)
+redis.call('INCRBY', KEYS[1], take)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {0, take}
 """
 
 # The live total of a per-replica hash: fields of replicas without a heartbeat are dropped.
@@ -108,14 +110,18 @@ class MemoryStore:
     def _add(self, key: str, counter: str, n: int) -> None:
         self._windows[(key, counter)] = (window_now()[0], self._count(key, counter) + n)
 
-    async def admit(self, key: str, rpm: int, tpm: int) -> int:
+    async def admit(self, key: str, rpm: int, tpm: int, want: int = 1) -> tuple[int, int]:
+        """(verdict, permits): up to `want` requests of this minute, as a lease (see ADMIT_LUA)."""
         if tpm > 0 and self._count(key, "tok") >= tpm:
-            return 2
-        if rpm > 0:
-            if self._count(key, "req") >= rpm:
-                return 1
-            self._add(key, "req", 1)
-        return 0
+            return 2, 0
+        if rpm <= 0:
+            return 0, want
+        used = self._count(key, "req")
+        if used >= rpm:
+            return 1, 0
+        take = min(want, rpm - used)
+        self._add(key, "req", take)
+        return 0, take
 
     async def add_usage(self, key: str, counts: dict[str, int]) -> None:
         for name, n in counts.items():
@@ -177,10 +183,11 @@ class RedisStore:
     async def heartbeat(self) -> None:
         await self.redis.set(self.beat_prefix + self.replica, "1", ex=HEARTBEAT_TTL_S)
 
-    async def admit(self, key: str, rpm: int, tpm: int) -> int:
+    async def admit(self, key: str, rpm: int, tpm: int, want: int = 1) -> tuple[int, int]:
         win, _ = window_now()
         keys = [f"{PREFIX}rl:{key}:req:{win}", f"{PREFIX}rl:{key}:tok:{win}"]
-        return int(await self._admit(keys=keys, args=[rpm, tpm, WINDOW_S * 2]))
+        verdict, permits = await self._admit(keys=keys, args=[rpm, tpm, WINDOW_S * 2, want])
+        return int(verdict), int(permits)
 
     async def add_usage(self, key: str, counts: dict[str, int], charge: bool = True) -> None:
         """Add to the key's totals and (charge) to this minute's token window."""
@@ -307,8 +314,8 @@ class ResilientStore:
                     await self.redis.heartbeat()
 
     # ---- operations (same as the stores') ----
-    async def admit(self, key: str, rpm: int, tpm: int) -> int:
-        return await self._call(lambda s: s.admit(key, rpm, tpm))
+    async def admit(self, key: str, rpm: int, tpm: int, want: int = 1) -> tuple[int, int]:
+        return await self._call(lambda s: s.admit(key, rpm, tpm, want))
 
     async def add_usage(self, key: str, counts: dict[str, int]) -> None:
         await self._call(lambda s: s.add_usage(key, counts))

@@ -5,7 +5,7 @@ import pytest
 
 from gateway.configs import load_catalog
 from gateway.errors import BadRequest
-from gateway.limits import Settings, Usage, check_prompt, text_chars
+from gateway.limits import Admission, Settings, Usage, check_prompt, text_chars
 from gateway.store import MemoryStore, ResilientStore
 
 TINY = load_catalog().require("tiny-llm")  # context_length 2048
@@ -55,3 +55,24 @@ async def test_usage_is_batched_per_key():
     await usage.flush()
     assert await store.usage("k") == {"requests": 2, "prompt_tokens": 3}
     assert isinstance(store.memory, MemoryStore)
+
+
+async def test_admission_leases_permits_and_keeps_the_limit(monkeypatch):
+    for module in ("gateway.store", "gateway.limits"):  # one fixed minute: no window change mid-test
+        monkeypatch.setattr(f"{module}.window_now", lambda now=None: (1, 30.0))
+    store = MemoryStore()
+    calls = 0
+    admit = store.admit
+
+    async def counted(*a, **kw):
+        nonlocal calls
+        calls += 1
+        return await admit(*a, **kw)
+
+    store.admit = counted  # type: ignore[method-assign]
+    admission = Admission(store)  # type: ignore[arg-type]
+    assert admission.lease_size(1000, 0) == 20 and admission.lease_size(60, 0) == 1
+    assert admission.lease_size(0, 200) == 1 and admission.lease_size(0, 0) == Admission.LEASE_MAX
+    verdicts = [await admission.admit("k", 1000, 0) for _ in range(1001)]
+    assert verdicts.count(0) == 1000 and verdicts[-1] == 1  # exactly the limit, never more
+    assert calls <= 1000 // 20 + 2

@@ -82,15 +82,22 @@ async def store(request):
 
 
 async def test_requests_per_minute(store):
-    assert [await store.admit("k", 2, 0) for _ in range(3)] == [0, 0, 1]
-    assert await store.admit("other", 2, 0) == 0  # per key
-    assert await store.admit("k", 0, 0) == 0  # no limit configured
+    assert [(await store.admit("k", 2, 0))[0] for _ in range(3)] == [0, 0, 1]
+    assert await store.admit("other", 2, 0) == (0, 1)  # per key
+    assert await store.admit("k", 0, 0) == (0, 1)  # no limit configured
+
+
+async def test_leases_never_exceed_the_limit(store):
+    assert await store.admit("k", 10, 0, want=4) == (0, 4)
+    assert await store.admit("k", 10, 0, want=4) == (0, 4)
+    assert await store.admit("k", 10, 0, want=4) == (0, 2)  # what is left of the minute
+    assert await store.admit("k", 10, 0, want=4) == (1, 0)
 
 
 async def test_tokens_per_minute_come_from_usage(store):
-    assert await store.admit("k", 0, 100) == 0
+    assert await store.admit("k", 0, 100) == (0, 1)
     await store.add_usage("k", {"prompt_tokens": 60, "completion_tokens": 40, "requests": 1})
-    assert await store.admit("k", 0, 100) == 2
+    assert await store.admit("k", 0, 100) == (2, 0)
     assert await store.usage("k") == {"prompt_tokens": 60, "completion_tokens": 40, "requests": 1}
 
 
@@ -143,7 +150,7 @@ async def test_resilient_store_falls_back_and_recovers(redis_server, caplog):
     redis_server.stop()
     await store.add_usage("k", {"requests": 2})  # no error: counted in memory
     assert store.kind == "memory" and "redis unavailable" in caplog.text
-    assert await store.admit("k", 1, 0) == 0 and await store.admit("k", 1, 0) == 1  # limits still hold
+    assert (await store.admit("k", 1, 0))[0] == 0 and (await store.admit("k", 1, 0))[0] == 1  # limits hold
     redis_server.start()
     for _ in range(100):
         if store.kind == "redis":
@@ -161,4 +168,4 @@ async def test_no_redis_url_means_memory(monkeypatch):
     monkeypatch.delenv("REDIS_URL", raising=False)
     store = from_env()
     assert store.kind == "memory" and store.redis is None
-    assert await store.admit("k", 1, 0) == 0
+    assert await store.admit("k", 1, 0) == (0, 1)

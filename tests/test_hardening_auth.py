@@ -40,6 +40,8 @@ class FakeMTPhotos:
         await request.read()
         if request.path == "/ocr":
             return web.json_response({"result": {"texts": ["hi"], "scores": [0.9], "boxes": []}})
+        if request.path == "/v1/images/generations":  # plays the image service too
+            return web.json_response({"created": 1, "data": [{"b64_json": "iVBO"}, {"b64_json": "iVBO"}]})
         return web.json_response({"result": "pass"})
 
     async def start(self) -> str:
@@ -72,7 +74,8 @@ async def gateway(monkeypatch: pytest.MonkeyPatch, chunks: int = 4, **env: str) 
     url, mt_url = await fake.start(), await mt.start()
     registry = Registry()
     registry.set_running({"tiny-llm": [Backend("tiny-llm", url, url)],
-                          "mt-photos-cpu": [Backend("mt-photos-cpu", mt_url, mt_url)]})
+                          "mt-photos-cpu": [Backend("mt-photos-cpu", mt_url, mt_url)],
+                          "tiny-flux": [Backend("tiny-flux", mt_url, mt_url)]})
     app = create_app(registry)
     try:
         async with app.router.lifespan_context(app):
@@ -218,8 +221,11 @@ async def test_tokens_per_minute_and_usage_accounting(monkeypatch):
         r = await c.post("/api/chat", json=ollama_chat(), headers=bearer(KEY))
         assert r.status_code == 200
         await c.post("/ocr", files={"file": ("a.png", b"\x89PNG", "image/png")}, headers={"api-key": KEY})
+        r = await c.post("/v1/images/generations", json={"model": "tiny-flux", "prompt": "a cat", "n": 2},
+                         headers=bearer(KEY))
+        assert r.status_code == 200
         usage = (await c.get("/gateway/usage", headers=bearer(KEY))).json()  # counts itself too
-        assert usage["usage"]["requests"] == 5 and usage["usage"]["ocr_calls"] == 1
+        assert usage["usage"]["requests"] == 6 and usage["usage"]["ocr_calls"] == 1 and usage["usage"]["images"] == 2
         assert usage["usage"]["prompt_tokens"] >= 15 and usage["usage"]["completion_tokens"] >= 12
         assert usage["key_id"] != KEY and usage["store"] == "memory"
         await h.usage.flush()

@@ -105,6 +105,7 @@ async def test_redis_restart_falls_back_and_recovers(monkeypatch, redis_server, 
         redis_server.stop()
         for _ in range(5):  # Redis is gone: requests go on, answered from the in-process store
             assert (await a.post("/v1/chat/completions", json=chat(), headers=bearer(KEY))).status_code == 200
+        await h.usage.flush()  # (admission permits are leased: the usage flush is what meets the dead Redis)
         assert h.store.kind == "memory" and "redis unavailable" in caplog.text
         redis_server.start()
         for _ in range(100):

@@ -6,8 +6,8 @@ MT Photos has no model field, so the config is chosen by protocol: the running c
 comparable, so requests never alternate between configs), and among its replicas the least loaded.
 The `api-key` header goes through untouched: the service checks it (401/422 exactly as upstream).
 The same routes answer on MT Photos' default port 8060 when the gateway is started with
-MTPHOTOS_PORT=8060 (gateway/__main__.py listens on it too). `GET /` is not routed here: on the shared
-app it belongs to Ollama ("Ollama is running"), and MT Photos only calls the POST routes.
+MTPHOTOS_PORT=8060 (gateway/__main__.py listens on it too). `GET /` on that port is MT Photos' status
+page (`MTPhotosHome`); on the other ports `/` belongs to Ollama ("Ollama is running").
 """
 
 from __future__ import annotations
@@ -78,3 +78,37 @@ async def forward(request: Request) -> Response:
 
 for _path in POST_PATHS:
     router.add_api_route(_path, forward, methods=["POST"], include_in_schema=True, name=f"mtphotos{_path}")
+
+
+HOME_PAGE = (
+    b"<!doctype html><html><head><meta charset='utf-8'><title>MT Photos AI</title></head><body>"
+    b"<h3>MT Photos AI service (modelplat gateway)</h3><p>status: running</p>"
+    b"<p>Endpoints: POST /check, /ocr, /clip/img, /clip/txt, /represent, /restart, /restart_v2 "
+    b"(header <code>api-key</code>)</p></body></html>"
+)
+
+
+class MTPhotosHome:
+    """`GET /` on the MT Photos listener answers like the MT Photos service; on every other port `/`
+    stays Ollama's ("Ollama is running"). Installed only when MTPHOTOS_PORT is set, so it costs
+    nothing otherwise."""
+
+    def __init__(self, app, port: int) -> None:
+        self.app = app
+        self.port = port
+
+    async def __call__(self, scope, receive, send) -> None:
+        if (scope["type"] == "http" and scope["path"] == "/" and scope["method"] in ("GET", "HEAD")
+                and (scope.get("server") or ("", 0))[1] == self.port):
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/html; charset=utf-8"),
+                                    (b"content-length", str(len(HOME_PAGE)).encode())]})
+            await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else HOME_PAGE})
+            return
+        await self.app(scope, receive, send)
+
+
+def install(app) -> None:
+    port = os.environ.get("MTPHOTOS_PORT")
+    if port and port.isdigit():
+        app.add_middleware(MTPhotosHome, port=int(port))

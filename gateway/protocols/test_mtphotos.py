@@ -86,3 +86,22 @@ def test_pinned_config_that_is_not_running(client, monkeypatch):
     with client({"mt-photos-cpu": [{"url": fake.url}]}) as c:
         r = c.post("/check", headers={"api-key": "mt_photos_ai_extra"})
         assert r.status_code == 503 and "MTPHOTOS_CONFIG" in r.json()["detail"]
+
+
+async def test_home_page_on_the_mtphotos_port_only():
+    from gateway.protocols.mtphotos import MTPhotosHome
+
+    sent: list[dict] = []
+
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"Ollama is running"})
+
+    async def send(msg):
+        sent.append(msg)
+
+    app = MTPhotosHome(inner, port=8060)
+    for port, expect in ((8060, b"MT Photos AI"), (8080, b"Ollama is running")):
+        sent.clear()
+        await app({"type": "http", "path": "/", "method": "GET", "server": ("127.0.0.1", port)}, None, send)
+        assert expect in sent[-1]["body"]

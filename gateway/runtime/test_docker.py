@@ -23,7 +23,10 @@ state_file = os.environ["FAKE_DOCKER_STATE"]
 st = json.load(open(state_file))
 a = sys.argv[1:]
 st["calls"].append(a)
-def save(): json.dump(st, open(state_file, "w"))
+def save():  # atomic: the preload runs two fake docker processes at once
+    tmp = f"{state_file}.{os.getpid()}"
+    json.dump(st, open(tmp, "w"))
+    os.replace(tmp, state_file)
 def out(text="", rc=0):
     save(); print(text); sys.exit(rc)
 def opt(name):
