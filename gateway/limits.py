@@ -158,6 +158,7 @@ class Admission:
     def __init__(self, store: ResilientStore) -> None:
         self.store = store
         self.leases: dict[str, tuple[int, int]] = {}  # key id -> (window, permits left)
+        self.fetching: dict[str, asyncio.Future[int]] = {}  # one lease request per key at a time
 
     def lease_size(self, rpm: int, tpm: int) -> int:
         size = self.LEASE_MAX
@@ -168,15 +169,30 @@ class Admission:
         return max(1, size)
 
     async def admit(self, key: str, rpm: int, tpm: int) -> int:
-        window = window_now()[0]
-        held = self.leases.get(key)
-        if held is not None and held[0] == window and held[1] > 0:
-            self.leases[key] = (window, held[1] - 1)
-            return 0
-        verdict, permits = await self.store.admit(key, rpm, tpm, self.lease_size(rpm, tpm))
-        if permits:
-            self.leases[key] = (window, permits - 1)
-        return verdict
+        while True:
+            window = window_now()[0]
+            held = self.leases.get(key)
+            if held is not None and held[0] == window and held[1] > 0:
+                self.leases[key] = (window, held[1] - 1)
+                return 0
+            fetching = self.fetching.get(key)
+            if fetching is None:
+                break
+            # Requests arriving together share one lease request instead of each asking the store.
+            verdict = await asyncio.shield(fetching)
+            if verdict:
+                return verdict
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.fetching[key] = done
+        verdict = 0
+        try:
+            verdict, permits = await self.store.admit(key, rpm, tpm, self.lease_size(rpm, tpm))
+            if permits:
+                self.leases[key] = (window, permits - 1)
+            return verdict
+        finally:
+            del self.fetching[key]
+            done.set_result(verdict)
 
 
 # ---------------------------------------------------------------- checks used by forward.py

@@ -76,3 +76,24 @@ async def test_admission_leases_permits_and_keeps_the_limit(monkeypatch):
     verdicts = [await admission.admit("k", 1000, 0) for _ in range(1001)]
     assert verdicts.count(0) == 1000 and verdicts[-1] == 1  # exactly the limit, never more
     assert calls <= 1000 // 20 + 2
+
+
+async def test_concurrent_requests_share_one_lease_request(monkeypatch):
+    import asyncio
+
+    monkeypatch.setattr("gateway.limits.window_now", lambda now=None: (1, 30.0))
+    monkeypatch.setattr("gateway.store.window_now", lambda now=None: (1, 30.0))
+    store = MemoryStore()
+    calls = 0
+    admit = store.admit
+
+    async def slow(*a, **kw):
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        return await admit(*a, **kw)
+
+    store.admit = slow  # type: ignore[method-assign]
+    admission = Admission(store)  # type: ignore[arg-type]
+    verdicts = await asyncio.gather(*(admission.admit("k", 1600, 0) for _ in range(32)))  # lease of 32
+    assert verdicts == [0] * 32 and calls == 1

@@ -17,7 +17,7 @@ log() { [ $quiet = 1 ] || echo "[setup-env] $*" >&2; }
 
 # torch 2.13.0+cpu is not on PyPI: pip's configuration names a local wheels folder (find-links).
 # Ask pip where that is instead of hard-coding a machine path.
-find_links() { "$PY" -m pip config list 2>/dev/null | sed -n "s/^.*find-links='\(.*\)'$/\1/p" | head -1; }
+find_links() { { "$PY" -m pip config list 2>/dev/null || true; } | sed -n "s/^.*find-links='\(.*\)'$/\1/p" | head -1; }
 
 ensure_uv() {
   local uvpy="$VENVS/.tools"
