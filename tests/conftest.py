@@ -36,11 +36,22 @@ class Platform:
     def ensure(self, *names: str) -> str:
         """Start these configs if they are not running yet; return the gateway URL."""
         missing = [n for n in names if n not in self.started]
+        if "mt-photos-cpu" in missing:
+            self.vision_standins()
         if missing or not self.started:
             print(f"\n[platform] starting {', '.join(missing) or 'gateway'}", file=sys.stderr)
             local.start(missing, self.paths, self.opts)
             self.started.update(missing)
         return self.url
+
+    def vision_standins(self) -> Path:
+        """CLIP and face weights cannot be had here: the vision service gets stand-in ONNX files with the
+        real names and tensor signatures (services/vision/standins.py), whoever starts it first."""
+        from services.vision import testing as vt
+
+        models = vt.build_models(self.paths.run / "vision-standins")
+        self.opts.env["VISION_MODELS_DIR"] = str(models)
+        return models
 
     def stop(self, name: str) -> None:
         local.stop([name], self.paths, self.opts)

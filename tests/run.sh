@@ -28,7 +28,7 @@ step "lint (ruff)"
 step "tests"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 set +e
-.venvs/gateway/bin/python -m pytest "$@"
+.venvs/gateway/bin/python -m pytest --durations=25 "$@"
 rc=$?
 set -e
 echo "=== done in $((SECONDS - t0)) s (pytest exit $rc)"

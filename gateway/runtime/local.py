@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class Options:
     wait_s: float = float(os.environ.get("START_TIMEOUT_S", "900"))
     preload: bool = True  # an operator who starts an LLM expects it ready, not loading on first use
     quiet: bool = False
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the services started
 
 
 def say(opts: Options, msg: str, end: str = "\n") -> None:
@@ -128,11 +129,12 @@ def ensure_env(kind: str, opts: Options) -> None:
         raise StartError(f"could not create the '{kind}' environment (see the output above)")
 
 
-def service_env(paths: Paths, name: str) -> dict[str, str]:
+def service_env(paths: Paths, name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     tmp = paths.tmp(name)
     tmp.mkdir(parents=True, exist_ok=True)
     return {
         **os.environ,
+        **(extra or {}),
         "PYTHONPATH": str(ROOT),
         "MODELS_DIR": str(paths.models),
         "PLATFORM_RUN_DIR": str(paths.run),
@@ -257,7 +259,7 @@ def start_service(cfg: Config, paths: Paths, opts: Options) -> dict[str, Any]:
     port = free_port()
     admin_port = free_port() if cfg.engine == Engine.vllm else None  # vLLM's supervisor has its own port
     log = paths.log(cfg.name)
-    pid = spawn(service_command(cfg, port, admin_port), service_env(paths, cfg.name), log)
+    pid = spawn(service_command(cfg, port, admin_port), service_env(paths, cfg.name, opts.env), log)
     url = f"http://127.0.0.1:{port}"
     admin_url = f"http://127.0.0.1:{admin_port or port}"
     try:

@@ -39,6 +39,8 @@ def error(config: str, kind: str) -> None:
 
 
 def observe_batch(config: str, images: int, seconds: float, step_seconds: float) -> None:
+    # The shared per-task histogram feeds the platform dashboards; the image-specific ones add detail.
+    common.INFERENCE_SECONDS.labels(config, "generate").observe(seconds)
     BATCH_IMAGES.labels(config).observe(images)
     STEP_SECONDS.labels(config).observe(step_seconds)
     for _ in range(images):

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from services.common.lifecycle import Lifecycle, State
-from services.common.metrics import INFERENCE_SECONDS, QUEUE_DEPTH
+from services.common.metrics import INFERENCE_SECONDS, QUEUE_CAPACITY, QUEUE_DEPTH
 from services.vision import clip, face, ocr
 from services.vision.backends import BackendSpec
 from services.vision.settings import Settings
@@ -68,6 +68,8 @@ class Vision:
                 idle_timeout_s=settings.idle_timeout_s,
             )
         self._pools: dict[str, TaskPool] = {}
+        # What runs at once before requests wait: every task's inference workers together.
+        QUEUE_CAPACITY.labels(settings.config_name).set(sum(settings.workers.values()))
 
     # ---- model files
     def spec(self, task: str) -> BackendSpec:
