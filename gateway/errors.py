@@ -91,6 +91,29 @@ class UpstreamError(GatewayError):
         self.body = body
 
 
+# ---- request bodies ----
+BODY_MESSAGES = {
+    "openai": ("The request body is empty; expected a JSON object.", "The request body is not valid JSON: {e}",
+               "The request body must be a JSON object."),
+    # Ollama's own wording, which its clients show as is.
+    "ollama": ("missing request body", "invalid JSON in request body: {e}", "request body must be a JSON object"),
+}
+
+
+def json_object(raw: bytes, shape: str = "openai") -> dict[str, Any]:
+    """Parse a request body that must be a JSON object, or raise a 400 worded for the protocol."""
+    empty, invalid, not_object = BODY_MESSAGES[shape]
+    if not raw.strip():
+        raise BadRequest(empty)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(invalid.format(e=e)) from None
+    if not isinstance(body, dict):
+        raise BadRequest(not_object)
+    return body
+
+
 # ---- renderers ----
 def openai_body(err: GatewayError) -> dict[str, Any]:
     return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}

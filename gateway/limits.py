@@ -19,7 +19,6 @@ Settings (environment; 0 = off):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -35,7 +34,7 @@ from starlette.requests import Request
 
 from gateway import auth
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, RateLimited
-from gateway.store import InflightBoard, ResilientStore, retry_after, window_now
+from gateway.store import InflightBoard, Periodic, ResilientStore, retry_after, window_now
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -115,7 +114,7 @@ class Usage:
     def __init__(self, store: ResilientStore) -> None:
         self.store = store
         self.pending: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = Periodic(self.FLUSH_S)
 
     def add(self, key: str, **counts: int) -> None:
         bucket = self.pending[key]
@@ -129,19 +128,10 @@ class Usage:
             await self.store.add_usage(key, dict(counts))
 
     def start(self) -> None:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self.FLUSH_S)
-                with contextlib.suppress(Exception):
-                    await self.flush()
-
-        self._task = asyncio.create_task(loop())
+        self._flusher.start(self.flush)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._flusher.stop()
         await self.flush()
 
 

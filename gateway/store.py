@@ -345,6 +345,31 @@ def from_env(replica: str | None = None) -> ResilientStore:
     return ResilientStore(RedisStore(url, replica, timeout) if url else None)
 
 
+class Periodic:
+    """Run a coroutine every `interval` seconds in the background until stopped. A failing round is
+    skipped (the store already logs its own outages); the next round tries again."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, round_: Callable[[], Awaitable[object]]) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.interval)
+                with contextlib.suppress(Exception):
+                    await round_()
+
+        self._task = asyncio.create_task(loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
 class InflightBoard:
     """Requests in flight per backend, for least-loaded routing across gateway replicas.
 
@@ -360,7 +385,7 @@ class InflightBoard:
         self.store = store
         self.totals = totals  # the registry's dict, mutated in place
         self.local: dict[str, int] = defaultdict(int)
-        self._task: asyncio.Task[None] | None = None
+        self._syncer = Periodic(self.SYNC_S)
 
     def begin(self, url: str) -> None:
         self.local[url] += 1
@@ -379,16 +404,7 @@ class InflightBoard:
             self.totals[url] = max(total, self.local.get(url, 0))
 
     def start(self, shared_urls: Callable[[], Iterable[str]]) -> None:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self.SYNC_S)
-                with contextlib.suppress(Exception):
-                    await self.sync(shared_urls())
-
-        self._task = asyncio.create_task(loop())
+        self._syncer.start(lambda: self.sync(shared_urls()))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._syncer.stop()

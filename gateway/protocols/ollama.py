@@ -26,7 +26,7 @@ from gateway.adapters import ollama_types as t
 from gateway.configs import Config, Protocol
 from gateway.configs.catalog import configs_dir
 from gateway.context import Gateway, gw
-from gateway.errors import BadRequest, GatewayError, UnknownModel, UpstreamError, json_response
+from gateway.errors import BadRequest, GatewayError, UnknownModel, UpstreamError, json_object, json_response
 from gateway.forward import LOAD_TIMEOUTS, WAKE_NS, admin, open_stream, relay_chunks, send
 from gateway.registry import Backend, Route
 from gateway.schemas import body_schema
@@ -49,16 +49,7 @@ def doc(model: type[BaseModel]) -> dict[str, Any]:
 
 
 async def read_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        raise BadRequest("missing request body")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"invalid JSON in request body: {e}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
+    return json_object(await request.body(), "ollama")
 
 
 def model_of(body: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from gateway import schemas
 from gateway.configs import Config, Protocol
 from gateway.context import Gateway, gw
-from gateway.errors import BadRequest, GatewayError, UpstreamError, json_response, openai_body
+from gateway.errors import BadRequest, GatewayError, UpstreamError, json_object, json_response, openai_body
 from gateway.forward import open_stream, relay_chunks, send
 from gateway.registry import Route
 from gateway.upstream import Stream
@@ -41,15 +41,7 @@ PASS_THROUGH: dict[str, dict[str, tuple[type, ...]]] = {
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    if not raw:
-        raise BadRequest("The request body is empty; expected a JSON object.")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"The request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    return body
+    return json_object(raw, "openai")
 
 
 def require_model(body: dict[str, Any]) -> str:
