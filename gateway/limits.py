@@ -196,7 +196,8 @@ def text_chars(body: dict[str, Any]) -> int:
         if isinstance(content, str):
             total += len(content)
         elif isinstance(content, list):
-            total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+            # Only text parts count; anything else a client sends (numbers, objects) is the backend's to refuse.
+            total += sum(len(t) for p in content if isinstance(p, dict) and isinstance(t := p.get("text"), str))
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         total += len(prompt)

@@ -97,3 +97,11 @@ async def test_concurrent_requests_share_one_lease_request(monkeypatch):
     admission = Admission(store)  # type: ignore[arg-type]
     verdicts = await asyncio.gather(*(admission.admit("k", 1600, 0) for _ in range(32)))  # lease of 32
     assert verdicts == [0] * 32 and calls == 1
+
+
+def test_text_chars_ignores_malformed_parts():
+    from gateway.limits import text_chars
+
+    body = {"messages": [{"role": "user", "content": [{"text": 3.5}, {"text": "abcd"}, [], "x", {"type": "image_url"}]},
+                         {"role": "user", "content": "hi"}, "junk"], "prompt": ["ab", 7, [1, 2]]}
+    assert text_chars(body) == 4 + 2 + 2 + 1 + 2

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,19 @@ import aiohttp
 
 TAIL_LINES = 60
 
+
+
+# vLLM binds unix sockets at $TMPDIR/<uuid4> (36 characters) and a socket path must fit in 107 bytes.
+MAX_TMPDIR_LEN = 107 - 37 - 8
+
+
+def socket_safe_tmpdir(preferred: Path) -> Path:
+    """A fresh per-run TMPDIR: `preferred` when its path is short enough for vLLM's sockets, else a short
+    folder under /tmp (a deep run dir, such as a pytest temp folder, would make vLLM fail to start)."""
+    if len(str(preferred)) <= MAX_TMPDIR_LEN:
+        preferred.mkdir(parents=True, exist_ok=True)
+        return preferred
+    return Path(tempfile.mkdtemp(prefix="vllm-", dir="/tmp"))
 
 class VLLMStartError(RuntimeError):
     """vLLM died or never became healthy; the message carries the end of its log."""
@@ -63,8 +77,7 @@ class VLLMProcess:
         """Spawn and wait until /health answers 200; returns the seconds it took."""
         t0 = time.monotonic()
         self._runs += 1
-        self._tmp = self.run_dir / f"tmp-{self._runs}"
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._tmp = socket_safe_tmpdir(self.run_dir / f"tmp-{self._runs}")
         env = {**os.environ, **self.env, "TMPDIR": str(self._tmp), "PYTHONUNBUFFERED": "1"}
         env.setdefault("VLLM_CACHE_ROOT", str(self.run_dir / "vllm-cache"))
         self.tail.clear()

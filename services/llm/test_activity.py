@@ -1,3 +1,7 @@
+import shutil
+import tempfile
+from pathlib import Path
+
 from services.llm.activity import Activity, parse_activity
 
 METRICS = """\
@@ -25,3 +29,15 @@ def test_used_since():
     assert idle.used_since(Activity(0, 9))  # a request started and finished between two polls
     assert Activity(1, 10).used_since(Activity(1, 10))  # still running
     assert parse_activity("") == Activity(0, 0)
+
+
+def test_tmpdir_is_short_enough_for_vllm_sockets(tmp_path):
+    from services.llm.process import MAX_TMPDIR_LEN, socket_safe_tmpdir
+
+    deep = socket_safe_tmpdir(tmp_path / ("x" * 80) / "tmp-1")
+    assert deep.is_dir() and len(str(deep)) <= MAX_TMPDIR_LEN
+    assert len(str(deep)) + 1 + 36 <= 107  # TMPDIR/<uuid4> must fit a unix socket path
+    deep.rmdir()
+    short = Path(tempfile.mkdtemp(dir="/tmp")) / "t"
+    assert socket_safe_tmpdir(short) == short and short.is_dir()
+    shutil.rmtree(short.parent)
