@@ -114,7 +114,7 @@ class Usage:
     def __init__(self, store: ResilientStore) -> None:
         self.store = store
         self.pending: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self._flusher = Periodic(self.FLUSH_S)
+        self._flusher = Periodic(lambda: self.FLUSH_S)
 
     def add(self, key: str, **counts: int) -> None:
         bucket = self.pending[key]

@@ -346,17 +346,18 @@ def from_env(replica: str | None = None) -> ResilientStore:
 
 
 class Periodic:
-    """Run a coroutine every `interval` seconds in the background until stopped. A failing round is
-    skipped (the store already logs its own outages); the next round tries again."""
+    """Run a coroutine every `interval()` seconds in the background until stopped. A failing round is
+    skipped (the store already logs its own outages); the next round tries again. The interval is read
+    each round, so an owner's setting (e.g. a test's shorter one) takes effect at once."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: Callable[[], float]) -> None:
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
     def start(self, round_: Callable[[], Awaitable[object]]) -> None:
         async def loop() -> None:
             while True:
-                await asyncio.sleep(self.interval)
+                await asyncio.sleep(self.interval())
                 with contextlib.suppress(Exception):
                     await round_()
 
@@ -385,7 +386,7 @@ class InflightBoard:
         self.store = store
         self.totals = totals  # the registry's dict, mutated in place
         self.local: dict[str, int] = defaultdict(int)
-        self._syncer = Periodic(self.SYNC_S)
+        self._syncer = Periodic(lambda: self.SYNC_S)
 
     def begin(self, url: str) -> None:
         self.local[url] += 1

@@ -34,6 +34,14 @@ def redis_server(report):
     server.cleanup()
 
 
+async def until(condition, what: str, limit_s: float = 60) -> None:
+    """Poll an (async) condition; a stall fails the test with a message instead of hanging it."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not (await condition() if asyncio.iscoroutinefunction(condition) else condition()):
+        assert asyncio.get_running_loop().time() < deadline, f"still waiting for {what} after {limit_s:g} s"
+        await asyncio.sleep(0.01)
+
+
 @contextlib.asynccontextmanager
 async def replicas(monkeypatch, redis: RedisServer, n: int = 2, **env: str) -> AsyncIterator[list[httpx.AsyncClient]]:
     clean_env(monkeypatch, REDIS_URL=redis.url, GATEWAY_API_KEYS=KEY, REDIS_TIMEOUT_S="0.3", **env)
@@ -69,8 +77,12 @@ async def test_usage_and_stream_slots_are_shared(monkeypatch, redis_server):
         slow = chat(stream=True, _delay=0.05)
         first = asyncio.create_task(a.post("/v1/chat/completions", json=slow, headers=bearer(KEY)))
         h = a.app.state.gw.extras["hardening"]
-        while not await h.store.slots(f"streams:{h.keys.check(KEY).id}"):
-            await asyncio.sleep(0.01)
+        slot = f"streams:{h.keys.check(KEY).id}"
+
+        async def held() -> bool:
+            return bool(await h.store.slots(slot))
+
+        await until(held, "the first stream to take its slot")
         r = await b.post("/v1/chat/completions", json=chat(stream=True), headers=bearer(KEY))
         assert r.status_code == 429  # the slot is held on the other replica
         await first
@@ -84,8 +96,7 @@ async def test_least_loaded_routing_across_replicas(monkeypatch, redis_server):
         held = [asyncio.create_task(a.post("/v1/chat/completions", json=chat(stream=True, _delay=0.05),
                                            headers=bearer(KEY))) for _ in range(3)]
         fakes = a.fakes
-        while sum(len(f.requests) for f in fakes) < 3:
-            await asyncio.sleep(0.01)
+        await until(lambda: sum(len(f.requests) for f in fakes) >= 3, "3 streams to reach the backends")
         busy = max(fakes, key=lambda f: len(f.requests))
         idle = min(fakes, key=lambda f: len(f.requests))
         await asyncio.sleep(0.3)  # a few board syncs
