@@ -1,0 +1,138 @@
+"""Attention alone at the image models' 1024px shapes: PyTorch's bf16 SDPA kernels against cuDNN's fp8 SDPA
+(through the cudnn-frontend Python package, carried as a wheel), with the error of each against a float32
+reference. Answers one question before any integration: how much of the fp8 step (attention is ~31 % of
+FLUX's and ~27 % of Ovis' forward, see image_gpu_results.md) fp8 attention could remove.
+
+    python benchmarks/image_gpu_attention.py
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+E4M3_MAX = 448.0
+SHAPES = {"flux (1x24x4608x128)": (1, 24, 4608, 128), "ovis CFG pair (2x24x4352x128)": (2, 24, 4352, 128)}
+
+
+def bench(fn, reps: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+class CudnnFp8Attention:
+    """Per-tensor scaled e4m3 Q, K, V; P scaled into e4m3 by 448; O in e4m3 (Hopper needs an fp8 output),
+    scaled by 448 / amax(V) since every output row is a convex combination of V's rows."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        import cudnn
+
+        self.cudnn = cudnn
+        self.handle = cudnn.create_handle()
+        _, h, s, d = shape
+        e4m3, f32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
+        g = cudnn.pygraph(io_data_type=e4m3, intermediate_data_type=f32, compute_data_type=f32, handle=self.handle)
+        stride = (h * s * d, s * d, d, 1)
+        self.q, self.k, self.v = (g.tensor(name=n, dim=shape, stride=stride, data_type=e4m3) for n in "qkv")
+        one = dict(dim=(1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=f32)
+        self.scalars = [g.tensor(name=n, **one) for n in ("dq", "dk", "dv", "ds", "ss", "so")]
+        o, _, amax_s, amax_o = g.sdpa_fp8(q=self.q, k=self.k, v=self.v, descale_q=self.scalars[0],
+                                          descale_k=self.scalars[1], descale_v=self.scalars[2],
+                                          descale_s=self.scalars[3], scale_s=self.scalars[4],
+                                          scale_o=self.scalars[5], is_inference=True, attn_scale=1 / math.sqrt(d),
+                                          use_causal_mask=False)
+        o.set_output(True).set_dim(shape).set_stride(stride).set_data_type(e4m3)
+        for t in (amax_s, amax_o):
+            t.set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1)).set_data_type(f32)
+        g.validate()
+        g.build_operation_graph()
+        g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+        g.check_support()
+        g.build_plans()
+        self.graph, self.o, self.amax_s, self.amax_o = g, o, amax_s, amax_o
+        self.workspace = torch.empty(g.get_workspace_size(), device="cuda", dtype=torch.uint8)
+        self.out = torch.empty(shape, device="cuda", dtype=torch.float8_e4m3fn)
+        self.amax_buf = [torch.empty(1, 1, 1, 1, device="cuda") for _ in range(2)]
+
+    @staticmethod
+    def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        amax = x.abs().amax().float().clamp(min=1e-12).reshape(1, 1, 1, 1)
+        return (x * (E4M3_MAX / amax)).to(torch.float8_e4m3fn), amax / E4M3_MAX
+
+    def prepare(self, q, k, v) -> dict:
+        (q8, dq), (k8, dk), (v8, dv) = self.quantize(q), self.quantize(k), self.quantize(v)
+        ones = torch.ones(1, 1, 1, 1, device="cuda")
+        so = 1 / dv  # scale_o = 448 / amax(V)
+        vals = [dq, dk, dv, ones / E4M3_MAX, ones * E4M3_MAX, so]
+        pack = {self.q: q8, self.k: k8, self.v: v8, self.o: self.out, self.amax_s: self.amax_buf[0],
+                self.amax_o: self.amax_buf[1]}
+        pack.update(dict(zip(self.scalars, vals, strict=True)))
+        return {"pack": pack, "descale_o": dv}
+
+    def run(self, prepared: dict) -> None:
+        self.cudnn.set_stream(handle=self.handle, stream=torch.cuda.current_stream().cuda_stream)
+        self.graph.execute(prepared["pack"], self.workspace, handle=self.handle)
+
+    def __call__(self, q, k, v) -> torch.Tensor:
+        p = self.prepare(q, k, v)
+        self.run(p)
+        return (self.out.float() * p["descale_o"]).to(q.dtype)
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x.float() - ref).norm() / ref.norm())
+
+
+def measure(label: str, shape: tuple[int, ...]) -> list[tuple]:
+    torch.manual_seed(0)
+    b, h, s, d = shape
+    # RMS-normed queries/keys (as in FLUX/Ovis): unit scale per element; values at a typical activation scale
+    q, k = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    v = torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 2
+    flops = 4.0 * b * h * s * s * d
+    ref = F.scaled_dot_product_attention(q[:, :4].float(), k[:, :4].float(), v[:, :4].float())
+    rows = []
+    for name, backend in (("bf16 cuDNN (SDPA)", SDPBackend.CUDNN_ATTENTION),
+                          ("bf16 flash (SDPA)", SDPBackend.FLASH_ATTENTION)):
+        with sdpa_kernel(backend):
+            ms = bench(lambda: F.scaled_dot_product_attention(q, k, v))
+            err = rel_err(F.scaled_dot_product_attention(q, k, v)[:, :4], ref)
+        rows.append((label, name, ms, flops / ms / 1e9, err))
+    try:
+        att = CudnnFp8Attention(shape)
+        prepared = att.prepare(q, k, v)
+        ms = bench(lambda: att.run(prepared))
+        err = rel_err(att(q, k, v)[:, :4], ref)
+        rows.append((label, "fp8 cuDNN kernel only", ms, flops / ms / 1e9, err))
+        ms = bench(lambda: att(q, k, v))
+        rows.append((label, "fp8 cuDNN + eager quant/dequant", ms, flops / ms / 1e9, err))
+    except Exception as e:  # report, keep the bf16 rows
+        print(f"{label}: cuDNN fp8 SDPA failed: {type(e).__name__}: {e}")
+    return rows
+
+
+def main() -> None:
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, cuDNN {torch.backends.cudnn.version()}")
+    rows = [r for label, shape in SHAPES.items() for r in measure(label, shape)]
+    print("\n| shape | kernel | ms | TFLOP/s | rel. error vs fp32 |")
+    print("|---|---|---|---|---|")
+    for label, name, ms, tf, err in rows:
+        print(f"| {label} | {name} | {ms:.3f} | {tf:.0f} | {err:.2e} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The image service's GPU benchmarks cannot run here (no NVIDIA GPU): check them as far as a CPU allows.
+
+`benchmarks/image_gpu.py --dry` runs the same script end to end with the tiny pipelines on the CPU (baseline,
+the service's engine, the table), so a broken benchmark is found before a lent GPU's minutes are spent on it;
+the profile and attention probes are compiled. Their GPU figures are in benchmarks/image_gpu_results.md.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = Path(os.environ.get("PLATFORM_VENVS", ROOT / ".venvs")) / "image" / "bin" / "python"
+pytestmark = pytest.mark.integration
+
+
+def run(args: list[str], out: Path) -> subprocess.CompletedProcess:
+    if not PY.exists():
+        pytest.fail(f"{PY} is missing: run services/setup-env.sh image")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OUT": str(out),
+           "IMAGE_COMPILE_CACHE": str(out / "cache")}
+    return subprocess.run([str(PY), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_image_gpu_benchmark_dry_run(tmp_path, report):
+    r = run(["benchmarks/image_gpu.py", "--dry", "--family", "both", "--steps", "2", "--images", "1"], tmp_path)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    for family in ("flux", "ovis"):
+        for variant in ("plain diffusers", "service bf16"):
+            assert f"| {family} | {variant}" in r.stdout, r.stdout[-3000:]
+    assert (tmp_path / "image_gpu.json").exists()
+    report.real("image: benchmarks/image_gpu.py --dry (tiny pipelines on the CPU, same script as on the GPU)")
+
+
+def test_gpu_probes_compile(tmp_path, report):
+    r = run(["-m", "py_compile", "benchmarks/image_gpu_profile.py", "benchmarks/image_gpu_attention.py"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    report.validated("image: GPU speed path (regional compile, fp8 _scaled_mm, cuDNN attention) and "
+                     "benchmarks/image_gpu*.py on an H100",
+                     "needs an NVIDIA GPU; measured on the lent H100, figures in benchmarks/image_gpu_results.md")
