@@ -3,6 +3,8 @@ real as a process, called over HTTP) against a baseline measured in the same run
 pipeline at a time, as the upstream services run it (rapidocr-onnxruntime's RapidOCR with its default
 settings; an InferenceSession with default options for CLIP; insightface FaceAnalysis for faces).
 Upstream handles one request at a time, so its throughput at concurrency 8 equals its serial one.
+A second, clearly labelled baseline pins every onnxruntime session of that same pipeline to ONE intra-op
+thread (`intra_op_num_threads=1`, the literal "single-threaded" reading); ratios are printed against both.
 
 CLIP and face use FULL-SIZE stand-ins (ViT-B/16, IResNet-50, SCRFD-10G-like: random weights, real
 shapes), built once with `services.vision.build standins-full`; OCR uses the real PP-OCRv4 models.
@@ -50,16 +52,25 @@ def workload() -> dict[str, list[bytes]]:
 
 # ---------------------------------------------------------------- baseline: upstream-style, in process
 class Baseline:
-    def __init__(self, models: Path) -> None:
+    """Upstream's pipeline. threads=None: library defaults (the main baseline, unchanged);
+    threads=1: the same pipeline with every onnxruntime session on one intra-op thread."""
+
+    def __init__(self, models: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
         from insightface.app import FaceAnalysis
         from rapidocr_onnxruntime import RapidOCR
 
-        self.ocr_engine = RapidOCR()
+        pinned: dict = {}
+        if threads:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            pinned = {"sess_options": so}
+        self.ocr_engine = RapidOCR(intra_op_num_threads=threads) if threads else RapidOCR()
         self.clip = ort.InferenceSession(str(models / "clip" / "vit-b-16.img.fp32.onnx"),
-                                         providers=["CPUExecutionProvider"])
+                                         providers=["CPUExecutionProvider"], **pinned)
         self.face = FaceAnalysis(name=str(models / "insightface" / "models" / "buffalo_l"),
-                                 allowed_modules=["detection", "recognition"], providers=["CPUExecutionProvider"])
+                                 allowed_modules=["detection", "recognition"], providers=["CPUExecutionProvider"],
+                                 **pinned)
         self.face.prepare(ctx_id=0, det_thresh=0.65, det_size=(640, 640))
 
     @staticmethod
@@ -128,14 +139,16 @@ def main() -> int:
     print(f"building full-size stand-ins in {a.models} (once) ...", flush=True)
     vt.build_models(a.models, "standins-full")
     work = workload()
-    base = Baseline(a.models)
+    base, base1 = Baseline(a.models), Baseline(a.models, threads=1)
     calls = {"ocr": base.ocr, "clip": base.clip_img, "face": base.represent}
+    calls1 = {"ocr": base1.ocr, "clip": base1.clip_img, "face": base1.represent}
     base_text = [base.ocr(d) for d in work["ocr"]]
+    texts = {"baseline 1 thread": [base1.ocr(d) for d in work["ocr"]]}
     profiles = {"f32": {}}
     if a.backend == "openvino" and not a.f32_only:
         # Opt-in throughput profile: CLIP and face in bf16 (AVX512_BF16/AMX), OCR stays f32 (exact text).
         profiles["clip+face bf16"] = {"CLIP_PRECISION": "bf16", "FACE_PRECISION": "bf16"}
-    texts, vectors = {}, {}
+    vectors = {}
     best: dict[tuple[str, str], float] = {}
     n = a.seconds
 
@@ -157,18 +170,24 @@ def main() -> int:
             for task in ("ocr", "clip", "face"):
                 print(f"round {r + 1}/{a.rounds}: {task} (load {os.getloadavg()[0]:.1f})", flush=True)
                 keep(("baseline", task), rate(calls[task], work[task], n, 1))
+                keep(("baseline1", task), rate(calls1[task], work[task], n, 1))
                 for name, fns in services.items():
                     keep((name + " c1", task), rate(fns[task], work[task], n, 1))
                     keep((name + " c8", task), rate(fns[task], work[task], n, 8))
-    rows = [(name, task, best[("baseline", task)], best[(name + " c1", task)], best[(name + " c8", task)])
-            for name in profiles for task in ("ocr", "clip", "face")]
+    tasks = ("ocr", "clip", "face")
+    rows = [(name, task, best[("baseline", task)], best[("baseline1", task)], best[(name + " c1", task)],
+             best[(name + " c8", task)]) for name in profiles for task in tasks]
     print(f"\nvision benchmark: backend {a.backend}, {os.cpu_count()} CPUs, images/s, best of {a.rounds} "
           "interleaved rounds (higher is better)")
-    head = ("baseline", "ours c=1", "ours c=8")
-    print(f"{'profile':15} {'task':5} " + " ".join(f"{h:>9}" for h in head) + f" {'c=1 ratio':>10} {'c=8 ratio':>10}")
-    for name, task, b, c1, c8 in rows:
-        print(f"{name:15} {task:5} {b:9.2f} {c1:9.2f} {c8:9.2f} {c1 / b:9.2f}x {c8 / b:9.2f}x")
+    print("baseline = upstream pipeline, onnxruntime defaults (all cores); base 1t = the same pipeline with "
+          "intra_op_num_threads=1;\nratios: ours / baseline, and ours / base 1t in the last column")
+    head = ("baseline", "base 1t", "ours c=1", "ours c=8", "c=1 ratio", "c=8 ratio", "c=8 vs 1t")
+    print(f"{'profile':15} {'task':5} " + " ".join(f"{h:>9}" for h in head))
+    for name, task, b, b1, c1, c8 in rows:
+        print(f"{name:15} {task:5} {b:9.2f} {b1:9.2f} {c1:9.2f} {c8:9.2f} {c1 / b:8.2f}x {c8 / b:8.2f}x "
+              f"{c8 / b1:8.2f}x")
     ok = True
+    print(f"load average at the end (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for name, t in texts.items():
         same = t == base_text
         ok &= same

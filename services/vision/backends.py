@@ -28,6 +28,9 @@ class BackendSpec:
     precision: str = "f32"  # OpenVINO only: f32 | bf16 | f16 | auto
     workers: int = 1  # parallel inference requests this model must serve
     ort_intra_threads: int | None = None
+    # OpenVINO CPU scheduling: "latency" = one stream over all cores that the N inference requests
+    # queue on; "throughput" = N single-core streams; "auto" = throughput when N > 1.
+    ov_hint: str = "auto"
 
 
 class Runner(Protocol):
@@ -37,6 +40,7 @@ class Runner(Protocol):
 class LoadedModel(Protocol):
     input_names: list[str]
     output_names: list[str]
+    batchable: bool  # the first input's batch dimension is dynamic: several items may go in one call
 
     def runner(self) -> Runner: ...
 
@@ -45,9 +49,10 @@ class LoadedModel(Protocol):
 
 # ---------------------------------------------------------------- OpenVINO
 def openvino_config(spec: BackendSpec) -> dict[str, str]:
-    """compile_model properties: precision pinned where asked, streams sized to the worker pool."""
-    cfg: dict[str, str] = {"PERFORMANCE_HINT": "THROUGHPUT" if spec.workers > 1 else "LATENCY"}
-    if spec.workers > 1:
+    """compile_model properties: precision pinned where asked, streams as `spec.ov_hint` says."""
+    throughput = spec.ov_hint == "throughput" or (spec.ov_hint == "auto" and spec.workers > 1)
+    cfg: dict[str, str] = {"PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY"}
+    if throughput:
         cfg["PERFORMANCE_HINT_NUM_REQUESTS"] = str(spec.workers)
     family = spec.device.split(":")[0].split(".")[0].upper()
     # On CPUs with AVX512_BF16/AMX, OpenVINO defaults to bf16, which changes OCR text; f32 is exact.
@@ -82,6 +87,7 @@ class OpenVINOModel:
         self._compiled = core.compile_model(self._model, spec.device, openvino_config(spec))
         self.input_names = [p.get_any_name() for p in self._compiled.inputs]
         self.output_names = [p.get_any_name() for p in self._compiled.outputs]
+        self.batchable = self._compiled.inputs[0].get_partial_shape()[0].is_dynamic
 
     def runner(self) -> Runner:
         return _OVRunner(self._compiled.create_infer_request(), len(self.output_names))
@@ -145,6 +151,7 @@ class OrtModel:
         self._session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
+        self.batchable = not isinstance(self._session.get_inputs()[0].shape[0], int)
 
     def runner(self) -> Runner:
         # InferenceSession.run is thread-safe; one session serves every worker.

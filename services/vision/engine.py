@@ -75,7 +75,7 @@ class Vision:
     def spec(self, task: str) -> BackendSpec:
         fam = FAMILY[task]
         return BackendSpec(self.s.backend, self.s.devices[fam], self.s.precisions[fam], self.s.workers[fam],
-                           self.s.ort_intra_threads)
+                           self.s.ort_intra_threads, self.s.ov_hint(fam))
 
     def missing(self, task: str) -> str | None:
         """None when the task can load; otherwise a message naming the missing files."""

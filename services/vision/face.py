@@ -125,6 +125,7 @@ class FaceWorker:
     def __init__(self, models: FaceModels) -> None:
         self._det = models.det.runner()
         self._rec = models.rec.runner()
+        self._rec_batchable = models.rec.batchable
         self._thresh = models.thresh
 
     def detect(self, img_bgr: np.ndarray) -> list[Face]:
@@ -133,18 +134,33 @@ class FaceWorker:
         det, kps = decode(self._det(blob), self._thresh)
         return [Face(bbox=d[:4] / scale, score=float(d[4]), kps=k / scale) for d, k in zip(det, kps, strict=True)]
 
-    def embed(self, img_bgr: np.ndarray, face: Face) -> np.ndarray:
+    def embed(self, img_bgr: np.ndarray, faces: list[Face]) -> None:
+        """Sets each face's normalised embedding. All crops of an image go through the recogniser as one
+        batch where its batch dimension is dynamic (w600k_r50: measured ~8% more faces/s at batch 2 than
+        one by one on CPU); otherwise, or if the batch comes back in an unexpected shape, one by one."""
+        if not faces:
+            return
+        blobs = [self._crop_blob(img_bgr, f) for f in faces]
+        embs: np.ndarray | None = None
+        if self._rec_batchable and len(blobs) > 1:
+            out = self._rec(np.concatenate(blobs))[0]
+            if out.shape[0] == len(blobs):
+                embs = out.reshape(len(blobs), -1)
+        if embs is None:
+            embs = np.concatenate([self._rec(b)[0].reshape(1, -1) for b in blobs])
+        for f, e in zip(faces, embs.astype(np.float32), strict=True):
+            f.embedding = e / (np.linalg.norm(e) or 1.0)
+
+    @staticmethod
+    def _crop_blob(img_bgr: np.ndarray, face: Face) -> np.ndarray:
         from insightface.utils.face_align import norm_crop  # alignment identical to insightface's
 
         with warnings.catch_warnings():  # scikit-image's deprecation notice inside norm_crop, per face
             warnings.simplefilter("ignore", FutureWarning)
             crop = norm_crop(img_bgr, landmark=face.kps, image_size=112)
-        blob = cv2.dnn.blobFromImage(crop, 1.0 / 127.5, (112, 112), (127.5, 127.5, 127.5), swapRB=True)
-        emb = self._rec(blob)[0].reshape(-1).astype(np.float32)
-        return emb / (np.linalg.norm(emb) or 1.0)
+        return cv2.dnn.blobFromImage(crop, 1.0 / 127.5, (112, 112), (127.5, 127.5, 127.5), swapRB=True)
 
     def __call__(self, img_bgr: np.ndarray) -> list[dict[str, Any]]:
         faces = self.detect(img_bgr)
-        for f in faces:
-            f.embedding = self.embed(img_bgr, f)
+        self.embed(img_bgr, faces)
         return [f.to_json() for f in faces]

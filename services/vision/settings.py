@@ -21,6 +21,11 @@ Environment (all optional):
   IDLE_TIMEOUT_S          release models after this idle time (0 = never)
   HTTP_PORT               listen port when --port is not given
   ORT_INTRA_OP_THREADS    ONNX Runtime threads per inference (default: cores / workers)
+  OCR_OV_HINT / CLIP_OV_HINT / FACE_OV_HINT   OpenVINO scheduling per task: latency (one stream over
+                          all cores; the worker pool's requests queue on it while the others decode and
+                          post-process), throughput (one single-core stream per worker) or auto (default:
+                          latency for CLIP and face on CPU, measured faster at 1 and 8 clients on small
+                          CPUs; throughput for OCR and on GPUs when workers > 1)
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_KEY = "mt_photos_ai_extra"
 TASKS = ("ocr", "clip", "face")
 OCR_MODELS = ("PP-OCRv4", "PP-OCRv6")
+OV_HINTS = ("auto", "latency", "throughput")
 
 
 class SettingsError(ValueError):
@@ -60,6 +66,19 @@ class Settings:
     idle_timeout_s: float = 900.0
     port: int = 8060
     ort_intra_threads: int | None = None
+    ov_hints: dict[str, str] = field(default_factory=lambda: dict.fromkeys(TASKS, "auto"))
+
+    def ov_hint(self, task: str) -> str:
+        """The OpenVINO scheduling for a task family, with "auto" resolved."""
+        hint = self.ov_hints[task]
+        if hint != "auto":
+            return hint
+        # CLIP and face run big convolution/GEMM graphs that already keep every core busy at batch 1:
+        # N single-core streams halve one request's speed and (two compiled models, each with its own
+        # pinned streams) can stack det and rec on one core while the other idles. One shared stream
+        # is as fast at 8 clients and twice as fast at 1 (measured with benchmarks/vision.py).
+        family = self.devices[task].split(":")[0].split(".")[0].upper()
+        return "latency" if task in ("clip", "face") and family == "CPU" else "auto"
 
     @property
     def clip_dir(self) -> Path:
@@ -134,7 +153,11 @@ def apply_env(s: Settings, env: dict[str, str]) -> Settings:
     for t in TASKS:
         if env.get(f"{t.upper()}_WORKERS"):
             workers[t] = _int(f"{t.upper()}_WORKERS", env[f"{t.upper()}_WORKERS"])
-    changes: dict[str, object] = {"workers": workers}
+    hints = dict(s.ov_hints)
+    for t in TASKS:
+        if env.get(f"{t.upper()}_OV_HINT"):
+            hints[t] = env[f"{t.upper()}_OV_HINT"].strip().lower()
+    changes: dict[str, object] = {"workers": workers, "ov_hints": hints}
     if env.get("WEB_CONCURRENCY"):
         changes["web_concurrency"] = _int("WEB_CONCURRENCY", env["WEB_CONCURRENCY"])
     if env.get("OCR_REC_DYNAMIC_WIDTH"):
@@ -161,6 +184,9 @@ def validate(s: Settings) -> Settings:
     for task, prec in s.precisions.items():
         if prec not in ("f32", "bf16", "f16", "auto"):
             raise SettingsError(f"{task.upper()}_PRECISION must be f32, bf16, f16 or auto, got {prec!r}")
+    for task, hint in s.ov_hints.items():
+        if hint not in OV_HINTS:
+            raise SettingsError(f"{task.upper()}_OV_HINT must be auto, latency or throughput, got {hint!r}")
     if not 0 < s.detection_thresh < 1:
         raise SettingsError(f"detection threshold must be in (0, 1), got {s.detection_thresh}")
     for task, dev in s.devices.items():

@@ -14,6 +14,13 @@ def test_openvino_pins_f32_on_cpu_and_sizes_streams():
     assert "INFERENCE_PRECISION_HINT" not in openvino_config(BackendSpec("openvino", "AUTO", "f32"))
 
 
+def test_openvino_hint_overrides_the_worker_count_rule():
+    shared = openvino_config(BackendSpec("openvino", "CPU", "f32", workers=4, ov_hint="latency"))
+    assert shared == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    streams = openvino_config(BackendSpec("openvino", "CPU", "f32", workers=1, ov_hint="throughput"))
+    assert streams["PERFORMANCE_HINT"] == "THROUGHPUT" and streams["PERFORMANCE_HINT_NUM_REQUESTS"] == "1"
+
+
 def test_cuda_providers_validated(report):
     available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     provs = ort_providers("CUDA:1", available)

@@ -61,6 +61,36 @@ def test_face_matches_insightface(models, backend):
         assert abs(np.linalg.norm(o["embedding"]) - 1) < 1e-5
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_face_crops_batched_match_one_by_one(models, backend):
+    files = face.face_files(models / "insightface" / "models" / "buffalo_l", "buffalo_l")
+    fm = face.FaceModels(files, BackendSpec(backend, "CPU"), 0.65)
+    assert fm.rec.batchable and not fm.det.batchable  # [None,3,112,112] vs det_10g's fixed [1,3,?,?]
+    batched, single = fm.worker(), fm.worker()
+    single._rec_batchable = False
+    a, b = batched(face_image()), single(face_image())
+    assert len(a) == len(b) == 2 and a[0]["embedding"] != a[1]["embedding"]  # order kept, not mixed up
+    for x, y in zip(a, b, strict=True):
+        assert x["facial_area"] == y["facial_area"] and np.allclose(x["embedding"], y["embedding"], atol=1e-5)
+
+
+def test_face_batch_of_unexpected_shape_falls_back_to_one_by_one(models):
+    files = face.face_files(models / "insightface" / "models" / "buffalo_l", "buffalo_l")
+    fm = face.FaceModels(files, BackendSpec("openvino", "CPU"), 0.65)
+    ref = fm.worker()(face_image())
+    w = fm.worker()
+    real, calls = w._rec, []
+
+    def static_batch_one(x: np.ndarray) -> list[np.ndarray]:  # a recogniser that only honours row 0
+        calls.append(len(x))
+        return [real(x[:1])[0]]
+
+    w._rec = static_batch_one
+    got = w(face_image())
+    assert calls == [2, 1, 1]
+    assert np.allclose([f["embedding"] for f in got], [f["embedding"] for f in ref], atol=1e-5)
+
+
 def test_backends_agree_on_clip(models):
     files = clip.clip_files(models / "clip", "vit-b-16")
     img = face_image()

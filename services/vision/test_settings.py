@@ -30,6 +30,15 @@ def test_env_overrides():
     assert s.ocr_model == "PP-OCRv6" and str(s.models_dir) == "/m" and s.idle_timeout_s == 7
 
 
+def test_openvino_hints_default_and_override():
+    s = from_config(cfg(), env={})
+    assert s.ov_hints == {"ocr": "auto", "clip": "auto", "face": "auto"}
+    # auto: one shared stream for CLIP and face on CPU; OCR keeps a stream per worker (faster at c=8)
+    assert (s.ov_hint("ocr"), s.ov_hint("clip"), s.ov_hint("face")) == ("auto", "latency", "latency")
+    s = from_config(cfg(), env={"CLIP_OV_HINT": "Throughput", "OCR_OV_HINT": "latency", "FACE_DEVICE": "GPU"})
+    assert (s.ov_hint("ocr"), s.ov_hint("clip"), s.ov_hint("face")) == ("latency", "throughput", "auto")
+
+
 def test_cuda_config_selects_onnxruntime_cuda():
     s = from_config(cfg("mt-photos-cuda"), env={})
     assert s.backend == "onnxruntime" and set(s.devices.values()) == {"CUDA"}
@@ -38,7 +47,7 @@ def test_cuda_config_selects_onnxruntime_cuda():
 @pytest.mark.parametrize("env", [
     {"OCR_WORKERS": "0"}, {"CLIP_WORKERS": "x"}, {"OCR_DEVICE": "CUDA"}, {"OCR_MODEL": "PP-OCRv9"},
     {"DETECTION_THRESH": "2"}, {"FACE_PRECISION": "int3"}, {"OCR_REC_DYNAMIC_WIDTH": "maybe"},
-    {"VISION_BACKEND": "tensorrt"},
+    {"VISION_BACKEND": "tensorrt"}, {"FACE_OV_HINT": "fast"},
 ])
 def test_bad_settings_are_refused(env):
     with pytest.raises(SettingsError):
