@@ -140,7 +140,7 @@ def apply_variant(variant: str) -> SpeedOptions:
     if "coord" in variant:
         ic.coordinate_descent_tuning = True
     return SpeedOptions(compile=True, fuse_qkv=True, fp8=variant.startswith("fp8"), attention="native",
-                        cache_dir=CACHE, compile_vae=False)
+                        cache_dir=CACHE, compile_vae=False, long_row_reductions="persist" in variant)
 
 
 def run_variant(family: str, variant: str, size: int) -> dict:

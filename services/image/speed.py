@@ -38,6 +38,7 @@ class SpeedOptions:
     compile_vae: bool | None = None  # default: with `compile`
     attention: str = "auto"  # auto = fastest measured at load on a GPU; or a diffusers backend name
     cache_dir: Path | None = None
+    long_row_reductions: bool = True  # with compile on a GPU: one-pass rows up to 4096 (services/image/reductions.py)
 
 
 @dataclass
@@ -167,6 +168,11 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
     if attention != "native":
         transformer.set_attention_backend(attention)
     done.attention = attention
+    if opts.compile and opts.long_row_reductions and on_gpu:
+        from services.image import reductions
+
+        reductions.install()
+        done.steps.append("long_row_reductions")
     if opts.compile:
         _raise_recompile_limit()
         # Regional compilation: one graph for the repeated block class, reused by all 57 (FLUX) blocks;

@@ -112,3 +112,20 @@ else:
         except RuntimeError as e:  # a CPU build without float8 matmuls
             pytest.skip(f"_scaled_mm unavailable here: {e}")
         assert ((out - ref).norm() / ref.norm()).item() < 0.1
+
+    def test_long_row_reductions_choice() -> None:
+        from types import SimpleNamespace
+
+        from torch._inductor.runtime.hints import ReductionHint
+
+        from services.image.reductions import LongRowReductions
+
+        def features(numel: object, hint: ReductionHint = ReductionHint.INNER) -> SimpleNamespace:
+            return SimpleNamespace(reduction_numel=numel, get_reduction_hint=lambda: hint)
+
+        choices = LongRowReductions()
+        assert choices.should_use_persistent_reduction(features(3072), False)  # layer norm rows: one pass
+        assert not choices.long_inner_row(features(15360), False)  # measured slower in one pass: inductor decides
+        assert not choices.long_inner_row(features(3072), True)  # cooperative: inductor decides
+        assert not choices.long_inner_row(features(3072, ReductionHint.OUTER), False)
+        assert LongRowReductions(16384).long_inner_row(features(15360), False)
