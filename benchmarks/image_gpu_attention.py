@@ -9,29 +9,18 @@ FLUX's and ~27 % of Ovis' forward, see image_gpu_results.md) fp8 attention could
 from __future__ import annotations
 
 import math
-import statistics
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from services.image.speed import time_cuda
+
 E4M3_MAX = 448.0
 SHAPES = {"flux (1x24x4608x128)": (1, 24, 4608, 128), "ovis CFG pair (2x24x4352x128)": (2, 24, 4352, 128)}
-
-
-def bench(fn, reps: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 class CudnnFp8Attention:
@@ -109,16 +98,16 @@ def measure(label: str, shape: tuple[int, ...]) -> list[tuple]:
     for name, backend in (("bf16 cuDNN (SDPA)", SDPBackend.CUDNN_ATTENTION),
                           ("bf16 flash (SDPA)", SDPBackend.FLASH_ATTENTION)):
         with sdpa_kernel(backend):
-            ms = bench(lambda: F.scaled_dot_product_attention(q, k, v))
+            ms = time_cuda(lambda: F.scaled_dot_product_attention(q, k, v), reps=20, warmup=3)
             err = rel_err(F.scaled_dot_product_attention(q, k, v)[:, :4], ref)
         rows.append((label, name, ms, flops / ms / 1e9, err))
     try:
         att = CudnnFp8Attention(shape)
         prepared = att.prepare(q, k, v)
-        ms = bench(lambda: att.run(prepared))
+        ms = time_cuda(lambda: att.run(prepared), reps=20, warmup=3)
         err = rel_err(att(q, k, v)[:, :4], ref)
         rows.append((label, "fp8 cuDNN kernel only", ms, flops / ms / 1e9, err))
-        ms = bench(lambda: att(q, k, v))
+        ms = time_cuda(lambda: att(q, k, v), reps=20, warmup=3)
         rows.append((label, "fp8 cuDNN + eager quant/dequant", ms, flops / ms / 1e9, err))
     except Exception as e:  # report, keep the bf16 rows
         print(f"{label}: cuDNN fp8 SDPA failed: {type(e).__name__}: {e}")

@@ -16,7 +16,6 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ OUT = Path(os.environ.get("OUT", "/tmp"))
 import torch  # noqa: E402
 
 from services.image.engine import ImageEngine  # noqa: E402
-from services.image.speed import SpeedOptions  # noqa: E402
+from services.image.speed import SpeedOptions, time_cuda  # noqa: E402
 from services.image.tiny_pipelines import build  # noqa: E402
 
 CACHE = Path(os.environ.get("IMAGE_COMPILE_CACHE", "/tmp/image-compile-cache"))
@@ -93,21 +92,6 @@ def capture_inputs(engine: ImageEngine, size: int) -> tuple[tuple, dict]:
     return seen["args"], seen["kwargs"]
 
 
-def time_forward(fn, reps: int = 10) -> float:
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
 def profile(fn, reps: int = 3) -> tuple[dict[str, float], list[tuple[str, float, int]], float]:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
@@ -159,7 +143,7 @@ def run_variant(family: str, variant: str, size: int) -> dict:
         with torch.inference_mode():
             tr(*args, **kwargs)
 
-    ms = time_forward(fwd)
+    ms = time_cuda(fwd, reps=10, warmup=2)
     cats, rows, busy = profile(fwd)
     hs = kwargs["hidden_states"]
     txt = kwargs.get("encoder_hidden_states")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,16 +109,21 @@ def fuse_qkv(transformer: torch.nn.Module) -> int:
     return fused
 
 
-def _time_cuda(fn: Any, reps: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
+def time_cuda(fn: Any, reps: int = 5, warmup: int = 1) -> float:
+    """Median milliseconds of `fn` on the GPU: CUDA events around each call, after `warmup` calls.
+    Shared by the attention pick here and the GPU benchmarks."""
+    for _ in range(warmup):
         fn()
-    end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
 
 
 def pick_attention(transformer: torch.nn.Module, tokens: int = 4608) -> str:
@@ -138,7 +144,7 @@ def pick_attention(transformer: torch.nn.Module, tokens: int = 4608) -> str:
             if err > 2e-2:
                 log.warning("attention %s disagrees with native (rel err %.3g); skipped", name, err)
                 continue
-            ms = _time_cuda(lambda name=name: dispatch_attention_fn(q, k, v, backend=name))
+            ms = time_cuda(lambda name=name: dispatch_attention_fn(q, k, v, backend=name))
         except Exception as e:  # a backend this build lacks: keep the others
             log.info("attention %s unavailable: %s", name, e)
             continue
