@@ -189,9 +189,10 @@ def print_table() -> None:
             rest = {k: v for k, v in r.items() if k not in ("family", "variant")}
             print(f"| {r['family']} | {r['variant']} | {json.dumps(rest)} |")
             continue
-        ratio = base.get(r["family"], 0) / r["s_image"] if r["s_image"] else 0
+        b = base.get(r["family"])
+        ratio = f"{b / r['s_image']:.2f}x" if b and r["s_image"] else "- (no baseline this run)"
         print(f"| {r['family']} | {r['variant']} | {r['s_image']:.3f} | {r['s_step'] * 1000:.1f} | "
-              f"{r['other_s']:.3f} | {ratio:.2f}x |")
+              f"{r['other_s']:.3f} | {ratio} |")
     (OUT / "image_gpu.json").write_text(json.dumps(rows, indent=1))
 
 

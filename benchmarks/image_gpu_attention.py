@@ -1,7 +1,9 @@
 """Attention alone at the image models' 1024px shapes: PyTorch's bf16 SDPA kernels against cuDNN's fp8 SDPA
-(through the cudnn-frontend Python package, carried as a wheel), with the error of each against a float32
-reference. Answers one question before any integration: how much of the fp8 step (attention is ~31 % of
-FLUX's and ~27 % of Ovis' forward, see image_gpu_results.md) fp8 attention could remove.
+(through the cudnn-frontend Python package, carried as a wheel) and FlashAttention-3 in bf16 and fp8
+(services/image/fa3.py), with the error of each against a float32 reference. The "in block" rows compile a
+block's attention part as the service does (RMS norm of Q and K, RoPE, attention; for fp8 the quantisation
+fused in) so they include what fp8 adds around the kernel. Attention is ~31 % of FLUX's and ~27 % of Ovis'
+forward (image_gpu_results.md).
 
     python benchmarks/image_gpu_attention.py
 """
@@ -86,6 +88,52 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.float() - ref).norm() / ref.norm())
 
 
+def fa3_rows(label: str, q, k, v, ref, flops: float) -> list[tuple]:
+    import fa3_vllm as fa3  # benchmarks/ is on sys.path when run as a script
+
+    if (why := fa3.load()) is not None:
+        print(f"{label}: FA3 skipped: {why}")
+        return []
+    bshd = [x.transpose(1, 2) for x in (q, k, v)]  # FA3 and diffusers: (batch, seq, heads, dim) views
+    rows = []
+    for name, fp8 in (("bf16 FA3", False), ("fp8 FA3 + eager quant", True)):
+        ms = time_cuda(lambda fp8=fp8: fa3.attention(*bshd, fp8=fp8), reps=20, warmup=3)
+        err = rel_err(fa3.attention(*bshd, fp8=fp8).transpose(1, 2)[:, :4], ref)
+        rows.append((label, name, ms, flops / ms / 1e9, err))
+    quantized = [fa3.quantize(x) for x in bshd]
+    scale = q.shape[-1] ** -0.5
+    args = [t for t, _ in quantized] + [d for _, d in quantized]
+    ms = time_cuda(lambda: fa3.fa3(*args[:3], scale, *args[3:]), reps=20, warmup=3)
+    rows.append((label, "fp8 FA3 kernel only", ms, flops / ms / 1e9, rows[-1][-1]))
+    return rows
+
+
+def block_rows(label: str, shape: tuple[int, ...], flops: float) -> list[tuple]:
+    """A block's attention part compiled like the service's blocks: QKV GEMM output in, norm + RoPE, attention."""
+    import fa3_vllm as fa3  # benchmarks/ is on sys.path when run as a script
+
+    b, h, s, d = shape
+    qkv = torch.randn(b, s, 3 * h * d, device="cuda", dtype=torch.bfloat16)
+    w = torch.rand(d, device="cuda", dtype=torch.bfloat16) + 0.5
+    cos, sin = (torch.randn(s, 1, d, device="cuda", dtype=torch.float32) for _ in range(2))
+
+    def part(qkv: torch.Tensor, kernel: str) -> torch.Tensor:
+        q, k, v = (x.unflatten(-1, (h, d)) for x in qkv.chunk(3, dim=-1))
+        q, k = (F.rms_norm(x, (d,), w, 1e-6) for x in (q, k))
+        q, k = ((x.float() * cos + x.float().roll(1, -1) * sin).to(x.dtype) for x in (q, k))
+        if kernel == "sdpa":
+            return F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
+        return fa3.attention(q, k, v, fp8=kernel == "fa3 fp8")
+
+    kernels = ["sdpa"] + (["fa3 bf16", "fa3 fp8"] if fa3.load() is None else [])
+    rows = []
+    for kernel in kernels:
+        fn = torch.compile(lambda x, kernel=kernel: part(x, kernel), fullgraph=True, dynamic=False)
+        ms = time_cuda(lambda fn=fn: fn(qkv), reps=20, warmup=3)
+        rows.append((label, f"in block: norm+RoPE+{kernel} (compiled)", ms, flops / ms / 1e9, float("nan")))
+    return rows
+
+
 def measure(label: str, shape: tuple[int, ...]) -> list[tuple]:
     torch.manual_seed(0)
     b, h, s, d = shape
@@ -111,6 +159,9 @@ def measure(label: str, shape: tuple[int, ...]) -> list[tuple]:
         rows.append((label, "fp8 cuDNN + eager quant/dequant", ms, flops / ms / 1e9, err))
     except Exception as e:  # report, keep the bf16 rows
         print(f"{label}: cuDNN fp8 SDPA failed: {type(e).__name__}: {e}")
+    rows += fa3_rows(label, q, k, v, ref, flops)
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        rows += block_rows(label, shape, flops)
     return rows
 
 

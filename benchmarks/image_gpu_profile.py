@@ -56,8 +56,18 @@ UNFUSED = {"to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"}
 
 def block_flops(transformer: torch.nn.Module, tokens_img: int, tokens_txt: int) -> dict[str, float]:
     """Matmul and attention FLOPs of one forward (batch 1), counted from the repeated blocks' Linear shapes."""
+    from services.image import mlp
+
     lin = 0.0
     for name, m in transformer.named_modules():
+        if "transformer_blocks" in name and isinstance(m, (mlp.LinearGelu, mlp.SplitOut)):
+            # fused MLP ends (services/image/mlp.py): the up projection, or the single block's output projection
+            rows = tokens_txt if "context" in name else tokens_img
+            rows = tokens_img + tokens_txt if name.startswith("single_transformer_blocks") else rows
+            k = m.weight.shape[1] if isinstance(m, mlp.LinearGelu) else m.weight_attn.shape[1] + m.weight_mlp.shape[1]
+            out = m.weight.shape[0] if isinstance(m, mlp.LinearGelu) else m.weight_attn.shape[0]
+            lin += 2.0 * rows * k * out
+            continue
         if "transformer_blocks" not in name or not (isinstance(m, torch.nn.Linear) or hasattr(m, "weight_fp8")):
             continue
         parent = transformer.get_submodule(name.rpartition(".")[0])
@@ -124,7 +134,8 @@ def apply_variant(variant: str) -> SpeedOptions:
     if "coord" in variant:
         ic.coordinate_descent_tuning = True
     return SpeedOptions(compile=True, fuse_qkv=True, fp8=variant.startswith("fp8"), attention="native",
-                        cache_dir=CACHE, compile_vae=False, long_row_reductions="persist" in variant)
+                        cache_dir=CACHE, compile_vae=False, long_row_reductions="persist" in variant,
+                        fuse_mlp="mlp" in variant)
 
 
 def run_variant(family: str, variant: str, size: int) -> dict:
@@ -159,8 +170,9 @@ def run_variant(family: str, variant: str, size: int) -> dict:
     if a:
         res["attention_tflops"] = round(fl["attention_tflop"] * batch / (a / 1000), 1)
     log(json.dumps(res))
-    for name, total, count in rows[:18]:
-        print(f"    {total:8.2f} ms  x{count:<4d} {category(name):16s} {name[:110]}")
+    res["kernels"] = [(name, round(total, 3), count) for name, total, count in rows[:60]]
+    for name, total, count in rows[:int(os.environ.get("PROFILE_TOP", "18"))]:
+        print(f"    {total:8.2f} ms  x{count:<4d} {category(name):16s} {name[:150]}")
     engine.close()
     del pipe, engine
     torch.cuda.empty_cache()

@@ -40,6 +40,7 @@ class SpeedOptions:
     attention: str = "auto"  # auto = fastest measured at load on a GPU; or a diffusers backend name
     cache_dir: Path | None = None
     long_row_reductions: bool = True  # with compile on a GPU: one-pass rows up to 4096 (services/image/reductions.py)
+    fuse_mlp: bool | None = None  # FLUX MLP ends (services/image/mlp.py); default: on with a GPU; True forces it
 
 
 @dataclass
@@ -168,6 +169,11 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
             raise ValueError("fp8 needs a CUDA GPU (torchao float8 matmuls)")
         quantize_fp8(transformer, opts.fp8_impl)
         done.steps.append(f"fp8:{opts.fp8_impl}")
+    if (on_gpu if opts.fuse_mlp is None else opts.fuse_mlp):
+        from services.image import mlp
+
+        if mlp.fuse(transformer):
+            done.steps.append("fuse_mlp")
     attention = opts.attention
     if attention == "auto":
         attention = pick_attention(transformer) if on_gpu else "native"

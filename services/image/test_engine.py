@@ -93,6 +93,82 @@ else:
         assert "fuse_qkv" in e.applied.steps
         assert np.abs(pixels(plain) - pixels(e.generate([job])[0].images[0])).max() <= 2
 
+    def test_fused_mlp_same_images(models: Path) -> None:
+        """FLUX's MLP ends rewired (services/image/mlp.py; CPU fallbacks of its ops) give the same image."""
+        job = Job("a cat", 64, 64, 2, 3.5, seed=5)
+        plain = engine(models, "flux").generate([job])[0].images[0]
+        e = engine(models, "flux", opts=SpeedOptions(fuse_qkv=True, fuse_mlp=True))
+        assert "fuse_mlp" in e.applied.steps
+        single = e.pipe.transformer.single_transformer_blocks[0]
+        assert type(single).__name__ == "FluxSingleTransformerBlock" and not hasattr(single, "proj_out")
+        assert np.abs(pixels(plain) - pixels(e.generate([job])[0].images[0])).max() <= 2
+
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_fused_mlp_fp8_same_output(models: Path, family: str) -> None:
+        """fp8 blocks: the fused activation + per-row quantisation path equals fp8.py's unfused arithmetic."""
+        from services.image import mlp
+
+        e = engine(models, family)
+        tr = e.pipe.transformer
+        seen: dict = {}
+        hook = tr.register_forward_pre_hook(lambda m, a, k: seen.update(kw=k) and None, with_kwargs=True)
+        e.generate([Job("a cat", 64, 64, 1, 3.5, seed=0)])  # guidance 3.5 on Ovis: CFG batched or not, any kw
+        hook.remove()
+        fp8.quantize(tr, lambda m, name: isinstance(m, torch.nn.Linear) and "transformer_blocks" in name)
+        with torch.inference_mode():
+            try:
+                ref = tr(**seen["kw"])[0]
+            except RuntimeError as e:  # torch < 2.13 on the CPU: per-tensor scaled_mm only
+                pytest.skip(f"row-wise _scaled_mm unavailable here: {e}")
+            assert mlp.fuse(tr) == len(tr.transformer_blocks) + len(tr.single_transformer_blocks)
+            assert mlp.fuse(tr) == 0  # idempotent
+            out = tr(**seen["kw"])[0]
+        torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_fused_mlp_gpu(models: Path, family: str) -> None:
+        """On a GPU: the Triton kernel and cuBLASLt epilogue paths, eager and compiled, match the unfused blocks."""
+        import copy
+
+        from services.image import mlp
+
+        e = ImageEngine.load(models / f"tiny-{family}", family, "cuda", "bfloat16", SpeedOptions(fuse_mlp=False))
+        tr = e.pipe.transformer
+        seen: dict = {}
+        hook = tr.register_forward_pre_hook(lambda m, a, k: seen.update(kw=k) and None, with_kwargs=True)
+        e.generate([Job("a cat", 64, 64, 1, 3.5, seed=0)])
+        hook.remove()
+        for quantized in (False, True):
+            ref_model = copy.deepcopy(tr)
+            if quantized:
+                fp8.quantize(ref_model, lambda m, name: isinstance(m, torch.nn.Linear) and "transformer_blocks" in name)
+            fused = copy.deepcopy(ref_model)
+            assert mlp.fuse(fused) > 0 or (family == "ovis" and not quantized)
+            with torch.inference_mode():
+                ref = ref_model(**seen["kw"])[0].float()
+                eager = fused(**seen["kw"])[0].float()
+                fused.compile_repeated_blocks(fullgraph=True, dynamic=False)
+                compiled = fused(**seen["kw"])[0].float()
+            for out in (eager, compiled):
+                assert ((out - ref).norm() / ref.norm()).item() < 2e-2, (family, quantized)
+
+    def test_fused_mlp_ops() -> None:
+        from services.image import mlp
+
+        torch.manual_seed(0)
+        attn, h, hb = torch.randn(6, 16), torch.randn(6, 48), torch.randn(48)
+        torch.library.opcheck(mlp.act_quant_rows, (attn, h, hb, False))
+        torch.library.opcheck(mlp.act_quant_rows, (None, h, None, False))
+        torch.library.opcheck(mlp.act_quant_rows, (attn, h, hb, True))
+        q, s = mlp.act_quant_rows(attn, h, hb, False)
+        ref = torch.cat([attn, torch.nn.functional.gelu(h + hb, approximate="tanh")], dim=-1)
+        assert q.dtype == fp8.E4M3 and s.shape == (6, 1)
+        assert ((q.float() * s - ref).abs() <= ref.abs() * 0.07 + 1e-6).all()  # e4m3: 3 mantissa bits
+        lin = torch.nn.Linear(64, 8)
+        split = mlp.SplitOut(lin, 16)
+        torch.testing.assert_close(split(attn, h), lin(torch.cat([attn, h], dim=-1)), rtol=1e-5, atol=1e-5)
+
     def test_vae_tiling_toggles(models: Path) -> None:
         e = engine(models, "flux", vae_tiling_above=96)
         e.generate([Job("a cat", 128, 128, 1, 3.5, seed=0)])
