@@ -80,3 +80,52 @@ def quantize(attn: torch.Tensor | None, mlp: torch.Tensor, bias: torch.Tensor | 
 def act_quant_rows(attn: torch.Tensor | None, mlp: torch.Tensor, bias: torch.Tensor | None,
                    swiglu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize(attn, mlp, bias, swiglu, traced=True)
+
+
+@triton.jit
+def _norm_rope_heads(src, w_ptr, dst, cos, sin, head, col, mask, eps, D: tl.constexpr):
+    x = tl.load(src + head * D + col, mask=mask, other=0.0).to(tl.float32)
+    ms = tl.sum(tl.sum(x * x, axis=2), axis=1) / D
+    y = x * tl.rsqrt(ms + eps)[:, None, None] * tl.load(w_ptr + col).to(tl.float32)
+    y = y.to(dst.dtype.element_ty).to(tl.float32)  # the norm's output dtype, as in the unfused path
+    re, im = tl.split(y)  # interleaved pairs (x0, x1) rotate to (-x1, x0)
+    out = y * cos + tl.join(-im, re) * sin
+    tl.store(dst + head * D + col, out.to(dst.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _qk_norm_rope(qkv_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, row_stride, seq, eps,
+                  H: tl.constexpr, HP: tl.constexpr, D: tl.constexpr):
+    """One token per program: RMS norm of its query and key heads (over D), then the rotary embedding on
+    interleaved pairs, as torch.nn.RMSNorm + diffusers' apply_rotary_emb compute them (fp32 math, bf16 out).
+    Inductor's fusion of the same ops ran at about 1 TB/s on an H100 (0.11-0.14 ms a FLUX single block)."""
+    tok = tl.program_id(0).to(tl.int64)
+    head = tl.arange(0, HP)[:, None, None]
+    col = tl.arange(0, D // 2)[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]  # (1, D/2, 2)
+    mask = (head < H) & (col < D)
+    pos = tok % seq
+    cos = tl.load(cos_ptr + pos * D + col)
+    sin = tl.load(sin_ptr + pos * D + col)
+    src = qkv_ptr + tok * row_stride
+    _norm_rope_heads(src, wq_ptr, q_ptr + tok * H * D, cos, sin, head, col, mask, eps, D)
+    _norm_rope_heads(src + H * D, wk_ptr, k_ptr + tok * H * D, cos, sin, head, col, mask, eps, D)
+
+
+def qk_norm_rope_launch(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, cos: torch.Tensor,
+                        sin: torch.Tensor, heads: int, eps: float,
+                        traced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    qkv = qkv if qkv.stride(2) == 1 and qkv.stride(0) == qkv.shape[1] * qkv.stride(1) else qkv.contiguous()
+    b, s, _ = qkv.shape
+    d = wq.shape[0]
+    q = torch.empty(b, s, heads, d, device=qkv.device, dtype=qkv.dtype)
+    k = torch.empty_like(q)
+    kernel = wrap_triton(_qk_norm_rope) if traced else _qk_norm_rope
+    kernel[(b * s,)](qkv, wq, wk, cos.contiguous(), sin.contiguous(), q, k, qkv.stride(1), s, eps, heads,
+                     triton.next_power_of_2(heads), d, num_warps=4)
+    return q, k
+
+
+@triton_op("modelplat_image::qk_norm_rope_cuda", mutates_args=())
+def qk_norm_rope(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 heads: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return qk_norm_rope_launch(qkv, wq, wk, cos, sin, heads, eps, traced=True)
