@@ -135,7 +135,7 @@ def apply_variant(variant: str) -> SpeedOptions:
         ic.coordinate_descent_tuning = True
     return SpeedOptions(compile=True, fuse_qkv=True, fp8=variant.startswith("fp8"), attention="native",
                         cache_dir=CACHE, compile_vae=False, long_row_reductions="persist" in variant,
-                        fuse_mlp="mlp" in variant, fuse_rope="rope" in variant)
+                        fuse_mlp="mlp" in variant)
 
 
 def run_variant(family: str, variant: str, size: int) -> dict:

@@ -41,7 +41,6 @@ class SpeedOptions:
     cache_dir: Path | None = None
     long_row_reductions: bool = True  # with compile on a GPU: one-pass rows up to 4096 (services/image/reductions.py)
     fuse_mlp: bool | None = None  # FLUX MLP ends (services/image/mlp.py); default: on with a GPU; True forces it
-    fuse_rope: bool | None = None  # single blocks' QK norm + RoPE kernel (services/image/rope.py); as fuse_mlp
 
 
 @dataclass
@@ -175,11 +174,6 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
 
         if mlp.fuse(transformer):
             done.steps.append("fuse_mlp")
-    if (on_gpu if opts.fuse_rope is None else opts.fuse_rope):
-        from services.image import rope
-
-        if rope.fuse(transformer):
-            done.steps.append("fuse_rope")
     attention = opts.attention
     if attention == "auto":
         attention = pick_attention(transformer) if on_gpu else "native"
