@@ -1,14 +1,16 @@
-"""The GPU speed path, applied to a loaded pipeline: fused QKV, fp8, attention backend, regional compile.
+"""The GPU speed path, applied to a loaded pipeline: fused QKV, fp8, fused MLP ends, attention backend,
+regional compile.
 
-Order matters: QKV fusion creates the Linear layers that fp8 then quantizes, and compilation comes last
-so that it traces the final modules. Everything here is optional and a no-op on the CPU except QKV fusion
-and compilation when explicitly asked for (tests use neither).
+Order matters: QKV fusion creates the Linear layers that fp8 then quantizes, the MLP ends are rewired
+around fp8's layers, and compilation comes last so that it traces the final modules. Everything here is
+optional and a no-op on the CPU except QKV fusion, MLP rewiring and compilation when explicitly asked for.
 
 Measured on an H100 with benchmarks/image_gpu.py (full pipelines, 1024px): FLUX.1-dev 183 ms a step eager
-bf16 -> 135 ms fused QKV + regional compile -> 101 ms with fp8 (services/image/fp8.py) + compile; torchao's
-fp8 gave 99.5 ms but a 482 s cold compile (every block recompiled) against 15 s. fp8 is LOSSY (dynamic
-per-row float8 activations and weights, fast accumulation): images differ slightly from bf16; it is off
-unless the config's `diffusers.fp8` is true. Attention: the kernel is timed at load; on the H100 PyTorch's
+bf16 -> 135 ms fused QKV + regional compile -> 129 ms with the MLP ends rewired (services/image/mlp.py) ->
+92-94 ms with fp8 (services/image/fp8.py) as well; torchao's fp8 gave 99.5 ms (before mlp.py) but a 482 s
+cold compile (every block recompiled) against 15 s. fp8 is LOSSY (dynamic per-row float8 activations and
+weights, fast accumulation): images differ slightly from bf16; it is off unless the config's `diffusers.fp8`
+is true. Attention: the kernel is timed at load; on the H100 PyTorch's
 default flash kernel (0.42 ms) beat cuDNN's (0.53 ms) at FLUX's shape, so "native" was kept.
 """
 
