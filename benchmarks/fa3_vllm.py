@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from services.image import fp8  # the repo root is on sys.path (image_gpu_attention.py puts it there)
+
 log = logging.getLogger("image.fa3")
 
 LIBRARY_ENV = "IMAGE_FA3_LIBRARY"
 LIBRARY_NAME = "_vllm_fa3_C.abi3.so"
-E4M3_MAX = 448.0
 # FA3's forward takes these non-optional arguments besides q, k, v; every Optional one is passed as None.
 # Keyed by the schema's names so a library with extra trailing optionals still binds.
 _FIXED = {"is_causal": False, "window_size_left": -1, "window_size_right": -1, "softcap": 0.0,
@@ -102,8 +103,8 @@ def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """e4m3 with one scale per (batch, head): FA3's descale granularity. Plain torch ops, so inductor fuses
     them into the kernel that produced x (RoPE and the RMS norms for Q and K)."""
     amax = x.abs().amax(dim=(1, 3)).float().clamp(min=1e-6)  # (batch, heads)
-    scaled = x.float() * (E4M3_MAX / amax)[:, None, :, None]
-    return scaled.to(torch.float8_e4m3fn), (amax / E4M3_MAX).contiguous()
+    scaled = x.float() * (fp8.E4M3_MAX / amax)[:, None, :, None]
+    return scaled.to(torch.float8_e4m3fn), (amax / fp8.E4M3_MAX).contiguous()
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, fp8: bool = False,

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from services.image import fp8
 from services.image.speed import time_cuda
 
-E4M3_MAX = 448.0
 SHAPES = {"flux (1x24x4608x128)": (1, 24, 4608, 128), "ovis CFG pair (2x24x4352x128)": (2, 24, 4352, 128)}
 
 
@@ -62,13 +62,13 @@ class CudnnFp8Attention:
     @staticmethod
     def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         amax = x.abs().amax().float().clamp(min=1e-12).reshape(1, 1, 1, 1)
-        return (x * (E4M3_MAX / amax)).to(torch.float8_e4m3fn), amax / E4M3_MAX
+        return (x * (fp8.E4M3_MAX / amax)).to(torch.float8_e4m3fn), amax / fp8.E4M3_MAX
 
     def prepare(self, q, k, v) -> dict:
         (q8, dq), (k8, dk), (v8, dv) = self.quantize(q), self.quantize(k), self.quantize(v)
         ones = torch.ones(1, 1, 1, 1, device="cuda")
         so = 1 / dv  # scale_o = 448 / amax(V)
-        vals = [dq, dk, dv, ones / E4M3_MAX, ones * E4M3_MAX, so]
+        vals = [dq, dk, dv, ones / fp8.E4M3_MAX, ones * fp8.E4M3_MAX, so]
         pack = {self.q: q8, self.k: k8, self.v: v8, self.o: self.out, self.amax_s: self.amax_buf[0],
                 self.amax_o: self.amax_buf[1]}
         pack.update(dict(zip(self.scalars, vals, strict=True)))
@@ -96,9 +96,9 @@ def fa3_rows(label: str, q, k, v, ref, flops: float) -> list[tuple]:
         return []
     bshd = [x.transpose(1, 2) for x in (q, k, v)]  # FA3 and diffusers: (batch, seq, heads, dim) views
     rows = []
-    for name, fp8 in (("bf16 FA3", False), ("fp8 FA3 + eager quant", True)):
-        ms = time_cuda(lambda fp8=fp8: fa3.attention(*bshd, fp8=fp8), reps=20, warmup=3)
-        err = rel_err(fa3.attention(*bshd, fp8=fp8).transpose(1, 2)[:, :4], ref)
+    for name, in_fp8 in (("bf16 FA3", False), ("fp8 FA3 + eager quant", True)):
+        ms = time_cuda(lambda in_fp8=in_fp8: fa3.attention(*bshd, fp8=in_fp8), reps=20, warmup=3)
+        err = rel_err(fa3.attention(*bshd, fp8=in_fp8).transpose(1, 2)[:, :4], ref)
         rows.append((label, name, ms, flops / ms / 1e9, err))
     quantized = [fa3.quantize(x) for x in bshd]
     scale = q.shape[-1] ** -0.5

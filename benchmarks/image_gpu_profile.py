@@ -55,20 +55,11 @@ UNFUSED = {"to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"}
 
 
 def block_flops(transformer: torch.nn.Module, tokens_img: int, tokens_txt: int) -> dict[str, float]:
-    """Matmul and attention FLOPs of one forward (batch 1), counted from the repeated blocks' Linear shapes."""
-    from services.image import mlp
-
+    """Matmul and attention FLOPs of one forward (batch 1), counted from the repeated blocks' matmul shapes."""
     lin = 0.0
     for name, m in transformer.named_modules():
-        if "transformer_blocks" in name and isinstance(m, (mlp.LinearGelu, mlp.SplitOut)):
-            # fused MLP ends (services/image/mlp.py): the up projection, or the single block's output projection
-            rows = tokens_txt if "context" in name else tokens_img
-            rows = tokens_img + tokens_txt if name.startswith("single_transformer_blocks") else rows
-            k = m.weight.shape[1] if isinstance(m, mlp.LinearGelu) else m.weight_attn.shape[1] + m.weight_mlp.shape[1]
-            out = m.weight.shape[0] if isinstance(m, mlp.LinearGelu) else m.weight_attn.shape[0]
-            lin += 2.0 * rows * k * out
-            continue
-        if "transformer_blocks" not in name or not (isinstance(m, torch.nn.Linear) or hasattr(m, "weight_fp8")):
+        # nn.Linear, fp8.Fp8Linear and mlp.py's fused MLP ends all carry in_features/out_features
+        if "transformer_blocks" not in name or not isinstance(getattr(m, "in_features", None), int):
             continue
         parent = transformer.get_submodule(name.rpartition(".")[0])
         if name.rpartition(".")[2] in UNFUSED and hasattr(parent, "to_qkv"):

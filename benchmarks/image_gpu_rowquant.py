@@ -22,18 +22,16 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from services.image import fp8
 from services.image.speed import time_cuda
 
-E4M3, E4M3_MAX = torch.float8_e4m3fn, 448.0
 M, DIM, MLP = 4608, 3072, 12288
 
 
 def reference(attn: torch.Tensor | None, mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """What services/image/fp8.py computes for the down projection's input."""
+    """What services/image/fp8.py computes for the down projection's input, unfused."""
     h = F.gelu(mlp, approximate="tanh")
-    x = h if attn is None else torch.cat([attn, h], dim=-1)
-    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
-    return (x / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+    return fp8._rowwise(h if attn is None else torch.cat([attn, h], dim=-1))
 
 
 def one_pass(attn: torch.Tensor | None, mlp: torch.Tensor, warps: int) -> tuple[torch.Tensor, torch.Tensor]:

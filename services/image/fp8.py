@@ -32,14 +32,15 @@ class Fp8Linear(torch.nn.Module):
         self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out)
         self.bias = linear.bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        xq, x_scale = _rowwise(x.reshape(-1, self.in_features))
+    def matmul(self, xq: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """Quantised rows (and their scales) times the fp8 weight, plus the bias: (rows, out_features)."""
         y = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale,
-                             out_dtype=x.dtype, use_fast_accum=FAST_ACCUM)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*lead, self.out_features)
+                             out_dtype=out_dtype, use_fast_accum=FAST_ACCUM)
+        return y if self.bias is None else y + self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq, x_scale = _rowwise(x.reshape(-1, self.in_features))
+        return self.matmul(xq, x_scale, x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
 def quantize(model: torch.nn.Module, keep: callable) -> int:

@@ -65,6 +65,7 @@ class LinearGelu(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_cuda:
@@ -83,6 +84,7 @@ class SplitOut(torch.nn.Module):
         self.weight_attn = torch.nn.Parameter(w[:, :split].contiguous(), requires_grad=False)
         self.weight_mlp = torch.nn.Parameter(w[:, split:].contiguous(), requires_grad=False)
         self.bias = proj_out.bias
+        self.in_features, self.out_features = proj_out.in_features, proj_out.out_features
 
     def forward(self, attn: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         y = torch.addmm(self.bias, _rows(attn), self.weight_attn.t())
@@ -108,11 +110,7 @@ class Fp8ActOut(torch.nn.Module):
 
             op = triton_kernels.act_quant_rows
         xq, x_scale = op(None if attn is None else _rows(attn), _rows(mlp), self.up_bias, self.swiglu)
-        y = torch._scaled_mm(xq, lin.weight_fp8.t(), scale_a=x_scale, scale_b=lin.weight_scale,
-                             out_dtype=mlp.dtype, use_fast_accum=fp8_mod.FAST_ACCUM)
-        if lin.bias is not None:
-            y = y + lin.bias
-        return y.reshape(*mlp.shape[:-1], lin.out_features)
+        return lin.matmul(xq, x_scale, mlp.dtype).reshape(*mlp.shape[:-1], lin.out_features)
 
 
 class _ActInput(torch.nn.Module):

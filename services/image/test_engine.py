@@ -51,6 +51,15 @@ else:
         opts = kw.pop("opts", SpeedOptions())
         return ImageEngine.load(models / f"tiny-{family}", family, "cpu", "float32", opts, **kw)
 
+    def transformer_inputs(e: ImageEngine) -> dict:
+        """The keyword arguments of the transformer's first forward in a one-step-image generation."""
+        seen: dict = {}
+        hook = e.pipe.transformer.register_forward_pre_hook(lambda m, a, k: seen.setdefault("kw", k) and None,
+                                                            with_kwargs=True)
+        e.generate([Job("a cat", 64, 64, 1, 3.5, seed=0)])  # guidance 3.5 on Ovis: CFG batched or not, any kw
+        hook.remove()
+        return seen["kw"]
+
     def pixels(img) -> np.ndarray:
         return np.asarray(img, dtype=np.int16)
 
@@ -110,19 +119,16 @@ else:
 
         e = engine(models, family)
         tr = e.pipe.transformer
-        seen: dict = {}
-        hook = tr.register_forward_pre_hook(lambda m, a, k: seen.update(kw=k) and None, with_kwargs=True)
-        e.generate([Job("a cat", 64, 64, 1, 3.5, seed=0)])  # guidance 3.5 on Ovis: CFG batched or not, any kw
-        hook.remove()
+        kw = transformer_inputs(e)
         fp8.quantize(tr, lambda m, name: isinstance(m, torch.nn.Linear) and "transformer_blocks" in name)
         with torch.inference_mode():
             try:
-                ref = tr(**seen["kw"])[0]
+                ref = tr(**kw)[0]
             except RuntimeError as e:  # torch < 2.13 on the CPU: per-tensor scaled_mm only
                 pytest.skip(f"row-wise _scaled_mm unavailable here: {e}")
             assert mlp.fuse(tr) == len(tr.transformer_blocks) + len(tr.single_transformer_blocks)
             assert mlp.fuse(tr) == 0  # idempotent
-            out = tr(**seen["kw"])[0]
+            out = tr(**kw)[0]
         torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
 
     @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
@@ -135,10 +141,7 @@ else:
 
         e = ImageEngine.load(models / f"tiny-{family}", family, "cuda", "bfloat16", SpeedOptions(fuse_mlp=False))
         tr = e.pipe.transformer
-        seen: dict = {}
-        hook = tr.register_forward_pre_hook(lambda m, a, k: seen.update(kw=k) and None, with_kwargs=True)
-        e.generate([Job("a cat", 64, 64, 1, 3.5, seed=0)])
-        hook.remove()
+        kw = transformer_inputs(e)
         for quantized in (False, True):
             ref_model = copy.deepcopy(tr)
             if quantized:
@@ -146,10 +149,10 @@ else:
             fused = copy.deepcopy(ref_model)
             assert mlp.fuse(fused) > 0 or (family == "ovis" and not quantized)
             with torch.inference_mode():
-                ref = ref_model(**seen["kw"])[0].float()
-                eager = fused(**seen["kw"])[0].float()
+                ref = ref_model(**kw)[0].float()
+                eager = fused(**kw)[0].float()
                 fused.compile_repeated_blocks(fullgraph=True, dynamic=False)
-                compiled = fused(**seen["kw"])[0].float()
+                compiled = fused(**kw)[0].float()
             for out in (eager, compiled):
                 assert ((out - ref).norm() / ref.norm()).item() < 2e-2, (family, quantized)
 
