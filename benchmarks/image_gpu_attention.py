@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from services.image import fp8
+from services.image import fmha, fp8
 from services.image.speed import time_cuda
 
 SHAPES = {"flux (1x24x4608x128)": (1, 24, 4608, 128), "ovis CFG pair (2x24x4352x128)": (2, 24, 4352, 128)}
@@ -97,14 +97,35 @@ def fa3_rows(label: str, q, k, v, ref, flops: float) -> list[tuple]:
     bshd = [x.transpose(1, 2) for x in (q, k, v)]  # FA3 and diffusers: (batch, seq, heads, dim) views
     rows = []
     for name, in_fp8 in (("bf16 FA3", False), ("fp8 FA3 + eager quant", True)):
-        ms = time_cuda(lambda in_fp8=in_fp8: fa3.attention(*bshd, fp8=in_fp8), reps=20, warmup=3)
+        ms = time_cuda(lambda in_fp8=in_fp8: fa3.attention(*bshd, fp8=in_fp8), reps=10, warmup=3, calls=10)
         err = rel_err(fa3.attention(*bshd, fp8=in_fp8).transpose(1, 2)[:, :4], ref)
         rows.append((label, name, ms, flops / ms / 1e9, err))
     quantized = [fa3.quantize(x) for x in bshd]
     scale = q.shape[-1] ** -0.5
     args = [t for t, _ in quantized] + [d for _, d in quantized]
-    ms = time_cuda(lambda: fa3.fa3(*args[:3], scale, *args[3:]), reps=20, warmup=3)
+    ms = time_cuda(lambda: fa3.fa3(*args[:3], scale, *args[3:]), reps=10, warmup=3, calls=10)
     rows.append((label, "fp8 FA3 kernel only", ms, flops / ms / 1e9, rows[-1][-1]))
+    return rows
+
+
+def fmha_rows(label: str, q, k, v, ref, flops: float) -> list[tuple]:
+    """CUTLASS's FMHA (services/image/fmha.py): each kernel kind, with the service's fp8 quantisation."""
+    if (why := fmha.available()) is not None:
+        print(f"{label}: CUTLASS FMHA skipped: {why}")
+        return []
+    bshd = [x.transpose(1, 2).contiguous() for x in (q, k, v)]
+    qk_scale = float(max(x.abs().max() for x in bshd[:2])) / fmha.E4M3_MAX
+    rows = []
+    for name, kind in fmha.KINDS.items():
+        ms = time_cuda(lambda kind=kind: fmha.attention(*bshd, kind, qk_scale), reps=10, warmup=3, calls=10)
+        err = rel_err(fmha.attention(*bshd, kind, qk_scale).transpose(1, 2)[:, :4], ref)
+        rows.append((label, f"{name} CUTLASS FMHA" + (" + eager quant" if kind >= 2 else ""), ms, flops / ms / 1e9,
+                     err))
+    v8, _ = fmha.quantize_v(bshd[2])
+    q8, k8 = (fmha.quantize_qk(x, qk_scale) for x in bshd[:2])
+    for name, kind in list(fmha.KINDS.items())[2:]:
+        ms = time_cuda(lambda kind=kind: fmha.fmha(q8, k8, v8, 1.0, kind), reps=10, warmup=3, calls=10)
+        rows.append((label, f"{name} CUTLASS FMHA kernel only", ms, flops / ms / 1e9, float("nan")))
     return rows
 
 
@@ -123,13 +144,17 @@ def block_rows(label: str, shape: tuple[int, ...], flops: float) -> list[tuple]:
         q, k = ((x.float() * cos + x.float().roll(1, -1) * sin).to(x.dtype) for x in (q, k))
         if kernel == "sdpa":
             return F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
+        if kernel.startswith("fmha"):
+            return fmha.attention(q, k, v, 0 if kernel == "fmha bf16" else 2, qk_scale)
         return fa3.attention(q, k, v, fp8=kernel == "fa3 fp8")
 
+    qk_scale = math.sqrt(d) * float(w.abs().max()) / fmha.E4M3_MAX  # what fmha.qk_bound gives, over 448
     kernels = ["sdpa"] + (["fa3 bf16", "fa3 fp8"] if fa3.load() is None else [])
+    kernels += ["fmha bf16", "fmha fp8"] if fmha.available() is None else []
     rows = []
     for kernel in kernels:
         fn = torch.compile(lambda x, kernel=kernel: part(x, kernel), fullgraph=True, dynamic=False)
-        ms = time_cuda(lambda fn=fn: fn(qkv), reps=20, warmup=3)
+        ms = time_cuda(lambda fn=fn: fn(qkv), reps=10, warmup=3, calls=10)
         rows.append((label, f"in block: norm+RoPE+{kernel} (compiled)", ms, flops / ms / 1e9, float("nan")))
     return rows
 
@@ -146,20 +171,21 @@ def measure(label: str, shape: tuple[int, ...]) -> list[tuple]:
     for name, backend in (("bf16 cuDNN (SDPA)", SDPBackend.CUDNN_ATTENTION),
                           ("bf16 flash (SDPA)", SDPBackend.FLASH_ATTENTION)):
         with sdpa_kernel(backend):
-            ms = time_cuda(lambda: F.scaled_dot_product_attention(q, k, v), reps=20, warmup=3)
+            ms = time_cuda(lambda: F.scaled_dot_product_attention(q, k, v), reps=10, warmup=3, calls=10)
             err = rel_err(F.scaled_dot_product_attention(q, k, v)[:, :4], ref)
         rows.append((label, name, ms, flops / ms / 1e9, err))
     try:
         att = CudnnFp8Attention(shape)
         prepared = att.prepare(q, k, v)
-        ms = time_cuda(lambda: att.run(prepared), reps=20, warmup=3)
+        ms = time_cuda(lambda: att.run(prepared), reps=10, warmup=3, calls=10)
         err = rel_err(att(q, k, v)[:, :4], ref)
         rows.append((label, "fp8 cuDNN kernel only", ms, flops / ms / 1e9, err))
-        ms = time_cuda(lambda: att(q, k, v), reps=20, warmup=3)
+        ms = time_cuda(lambda: att(q, k, v), reps=10, warmup=3, calls=10)
         rows.append((label, "fp8 cuDNN + eager quant/dequant", ms, flops / ms / 1e9, err))
     except Exception as e:  # report, keep the bf16 rows
         print(f"{label}: cuDNN fp8 SDPA failed: {type(e).__name__}: {e}")
     rows += fa3_rows(label, q, k, v, ref, flops)
+    rows += fmha_rows(label, q, k, v, ref, flops)
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         rows += block_rows(label, shape, flops)
     return rows

@@ -172,6 +172,85 @@ else:
         split = mlp.SplitOut(lin, 16)
         torch.testing.assert_close(split(attn, h), lin(torch.cat([attn, h], dim=-1)), rtol=1e-5, atol=1e-5)
 
+    def test_fmha_fp8_arithmetic() -> None:
+        """The fp8 attention's quantisation (static Q/K scale from the norm bound, per-head V scale, V
+        transposed) stays close to exact attention: checked through `reference`, which the GPU test ties to
+        the kernel."""
+        from diffusers.models.normalization import RMSNorm
+
+        from services.image import fmha
+
+        torch.manual_seed(0)
+        norm = RMSNorm(fmha.HEAD_DIM, eps=1e-6)
+        norm.weight.data = torch.rand(fmha.HEAD_DIM) * 3
+        norm.requires_grad_(False)
+        q, k = (norm(torch.randn(2, 300, 4, fmha.HEAD_DIM) * 5) for _ in range(2))
+        v = torch.randn(2, 300, 4, fmha.HEAD_DIM) * 3
+        bound = fmha.HEAD_DIM**0.5 * float(norm.weight.abs().max())
+        assert float(max(q.abs().max(), k.abs().max())) <= bound
+        exact = fmha.reference(q, k, v, fp8=False)
+        lossy = fmha.reference(q, k, v, fp8=True, qk_scale=bound / fmha.E4M3_MAX)
+        err = ((lossy - exact).norm() / exact.norm()).item()
+        assert 0 < err < 0.15, err  # e4m3 keeps 3 mantissa bits; ~0.09 with these sharp logits
+        v8, v_scale = fmha.quantize_v(v)
+        assert v8.shape == (2, 4, fmha.HEAD_DIM, 300) and v8.is_contiguous() and v_scale.shape == (2, 1, 4, 1)
+
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_fmha_install_routes_every_attention(models: Path, family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """install() sends each processor's attention to the kernel (here its CPU reference) and nothing else
+        changes; qk_bound finds every Q/K norm."""
+        from services.image import fmha
+
+        e = engine(models, family)
+        tr = e.pipe.transformer
+        kw = transformer_inputs(e)
+        calls = []
+
+        def kernel(query, key, value, kind, qk_scale=None):
+            calls.append(kind)
+            return fmha.reference(query, key, value, fp8=kind >= 2, qk_scale=qk_scale)
+
+        monkeypatch.setattr(fmha, "attention", kernel)
+        with torch.inference_mode():
+            ref = tr(**kw)[0]
+            attentions = fmha.install(tr, fmha.Backend(0))
+            assert attentions == len(tr.transformer_blocks) + len(tr.single_transformer_blocks)
+            out = tr(**kw)[0]
+            assert calls == [0] * attentions
+            bound = fmha.qk_bound(tr)
+            assert bound is not None and bound > 0
+            fmha.install(tr, fmha.Backend(2, bound / fmha.E4M3_MAX))
+            lossy = tr(**kw)[0]
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        assert calls[attentions:] == [2] * attentions
+        assert ((lossy - ref).norm() / ref.norm()).item() < 0.15
+        if not torch.cuda.is_available():  # no Hopper GPU: the speed path keeps PyTorch's attention
+            assert fmha.available() is not None
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
+    def test_fmha_kernels_gpu() -> None:
+        """Every kernel kind against its reference, eager and inside a compiled function, with V as a strided
+        view of a fused QKV output (as in the single blocks)."""
+        from services.image import fmha
+
+        if (why := fmha.available()) is not None:
+            pytest.skip(why)
+        torch.manual_seed(0)
+        for s, kind in [(1024, kind) for kind in fmha.KINDS.values()] + [(1000, 0), (1000, 2)]:  # 1000: fallback
+            b, h, d = 2, 3, fmha.HEAD_DIM
+            qkv = torch.randn(b, s, 3 * h * d, device="cuda", dtype=torch.bfloat16)
+            q, k, v = (x.unflatten(-1, (h, d)) for x in qkv.chunk(3, dim=-1))
+            q, k = q.contiguous(), k.contiguous()
+            qk_scale = float(max(q.abs().max(), k.abs().max())) / fmha.E4M3_MAX
+            ref = fmha.reference(q, k, v, fp8=kind >= 2 and s % fmha.KV_TILE == 0, qk_scale=qk_scale).float()
+            compiled = torch.compile(lambda q, k, v, kind=kind, c=qk_scale: fmha.attention(q, k, v, kind, c),
+                                     fullgraph=True)
+            for out in (fmha.attention(q, k, v, kind, qk_scale), compiled(q, k, v)):
+                assert out.shape == (b, s, h, d) and out.dtype == torch.bfloat16
+                # fp8 kinds also round the softmax weights to e4m3 inside the kernel; the reference does not
+                tol = 0.08 if kind >= 2 and s % fmha.KV_TILE == 0 else 2e-2
+                assert ((out.float() - ref).norm() / ref.norm()).item() < tol, (s, kind)
+
     def test_vae_tiling_toggles(models: Path) -> None:
         e = engine(models, "flux", vae_tiling_above=96)
         e.generate([Job("a cat", 128, 128, 1, 3.5, seed=0)])
