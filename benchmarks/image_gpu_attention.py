@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from services.image import fmha, fp8
+from services.image import fp8
 from services.image.speed import time_cuda
 
 SHAPES = {"flux (1x24x4608x128)": (1, 24, 4608, 128), "ovis CFG pair (2x24x4352x128)": (2, 24, 4352, 128)}
@@ -108,27 +108,6 @@ def fa3_rows(label: str, q, k, v, ref, flops: float) -> list[tuple]:
     return rows
 
 
-def fmha_rows(label: str, q, k, v, ref, flops: float) -> list[tuple]:
-    """CUTLASS's FMHA (services/image/fmha.py): each kernel kind, with the service's fp8 quantisation."""
-    if (why := fmha.available()) is not None:
-        print(f"{label}: CUTLASS FMHA skipped: {why}")
-        return []
-    bshd = [x.transpose(1, 2).contiguous() for x in (q, k, v)]
-    qk_scale = float(max(x.abs().max() for x in bshd[:2])) / fmha.E4M3_MAX
-    rows = []
-    for name, kind in fmha.KINDS.items():
-        ms = time_cuda(lambda kind=kind: fmha.attention(*bshd, kind, qk_scale), reps=10, warmup=3, calls=10)
-        err = rel_err(fmha.attention(*bshd, kind, qk_scale).transpose(1, 2)[:, :4], ref)
-        rows.append((label, f"{name} CUTLASS FMHA" + (" + eager quant" if kind >= 2 else ""), ms, flops / ms / 1e9,
-                     err))
-    v8, _ = fmha.quantize_v(bshd[2])
-    q8, k8 = (fmha.quantize_qk(x, qk_scale) for x in bshd[:2])
-    for name, kind in list(fmha.KINDS.items())[2:]:
-        ms = time_cuda(lambda kind=kind: fmha.fmha(q8, k8, v8, 1.0, kind), reps=10, warmup=3, calls=10)
-        rows.append((label, f"{name} CUTLASS FMHA kernel only", ms, flops / ms / 1e9, float("nan")))
-    return rows
-
-
 def block_rows(label: str, shape: tuple[int, ...], flops: float) -> list[tuple]:
     """A block's attention part compiled like the service's blocks: QKV GEMM output in, norm + RoPE, attention."""
     import fa3_vllm as fa3  # benchmarks/ is on sys.path when run as a script
@@ -144,13 +123,9 @@ def block_rows(label: str, shape: tuple[int, ...], flops: float) -> list[tuple]:
         q, k = ((x.float() * cos + x.float().roll(1, -1) * sin).to(x.dtype) for x in (q, k))
         if kernel == "sdpa":
             return F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
-        if kernel.startswith("fmha"):
-            return fmha.attention(q, k, v, 0 if kernel == "fmha bf16" else 2, qk_scale)
         return fa3.attention(q, k, v, fp8=kernel == "fa3 fp8")
 
-    qk_scale = math.sqrt(d) * float(w.abs().max()) / fmha.E4M3_MAX  # what fmha.qk_bound gives, over 448
     kernels = ["sdpa"] + (["fa3 bf16", "fa3 fp8"] if fa3.load() is None else [])
-    kernels += ["fmha bf16", "fmha fp8"] if fmha.available() is None else []
     rows = []
     for kernel in kernels:
         fn = torch.compile(lambda x, kernel=kernel: part(x, kernel), fullgraph=True, dynamic=False)
@@ -185,7 +160,6 @@ def measure(label: str, shape: tuple[int, ...]) -> list[tuple]:
     except Exception as e:  # report, keep the bf16 rows
         print(f"{label}: cuDNN fp8 SDPA failed: {type(e).__name__}: {e}")
     rows += fa3_rows(label, q, k, v, ref, flops)
-    rows += fmha_rows(label, q, k, v, ref, flops)
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         rows += block_rows(label, shape, flops)
     return rows

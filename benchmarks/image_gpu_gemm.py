@@ -1,6 +1,9 @@
 """The image transformers' matmuls one by one at 1024px: how fast each GEMM shape runs in bf16 and in fp8, and
 which kernel runs it. Tells whether a different fp8 scaling (per tensor instead of per row) or operand order
-would buy back time in the matmuls, which are 55-70 % of a step (image_gpu_results.md).
+would buy back time in the matmuls, which are 55-70 % of a step (image_gpu_results.md). Measured in session
+4: neither does (per-row scaling runs on cuBLASLt's outer-vector kernels and is the fastest overall), and
+timing every algorithm cuBLASLt proposes instead of taking its first gained nothing either (experiment
+commit e48bb18, reverted).
 
 Shapes (rows M, inner K, outputs N), one block each; the counts are blocks per forward:
 - FLUX.1-dev: 19 double blocks (image stream M=4096, text stream M=512) and 38 single blocks (M=4608).
@@ -18,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from services.image import cublaslt, fp8
+from services.image import fp8
 from services.image.speed import time_cuda
 
 D = 3072
@@ -50,22 +53,10 @@ def variants(m: int, k: int, n: int) -> dict[str, callable]:
     wt = (w.abs().amax().float() / fp8.E4M3_MAX).reshape(())
     wq_t = (w / wt).to(fp8.E4M3)
 
-    lt16, lt8 = cublaslt.Matmul(m, n, k, fp8=False, bias=False), cublaslt.Matmul(m, n, k, fp8=True, bias=False)
-    ref16, ref8 = x @ w.t(), mm(xq, wq.t(), xs, ws.t().contiguous())
-    for lt, args, ref in ((lt16, (x, w), ref16), (lt8, (xq, wq, None, xs, ws), ref8)):
-        first = lt(*args, choice=0)
-        lt.tune(*args)
-        err = float((lt(*args) - ref).abs().max() / ref.abs().max())
-        print(f"|  |  | {lt}: {len(lt.candidates)} candidates, picked #{lt.choice}, max diff vs torch {err:.2e}"
-              f" (#0: {float((first - ref).abs().max() / ref.abs().max()):.2e}); ms "
-              + " ".join(f"{t:.3f}" for t in lt.timings) + " |  |  |  |")
     return {
-        "bf16 cuBLASLt heuristic #0": lambda: lt16(x, w, choice=0),
-        "bf16 cuBLASLt timed best": lambda: lt16(x, w),
-        "fp8 rowwise cuBLASLt heuristic #0": lambda: lt8(xq, wq, None, xs, ws, choice=0),
-        "fp8 rowwise cuBLASLt timed best": lambda: lt8(xq, wq, None, xs, ws),
         "bf16 mm": lambda: x @ w.t(),
         "fp8 rowwise": lambda: mm(xq, wq.t(), xs, ws.t().contiguous()),
+        "fp8 rowwise, swapped (W x^T)": lambda: mm(wq, xq.t(), ws, xs.t().contiguous()),
         "fp8 tensorwise": lambda: mm(xq_t, wq_t.t(), xt, wt),
     }
 
@@ -93,7 +84,7 @@ def main() -> None:
     for name, (m, k, n, blocks) in SHAPES.items():
         flop = 2 * m * k * n
         for variant, fn in variants(m, k, n).items():
-            ms = time_cuda(fn, reps=20, warmup=3)
+            ms = time_cuda(fn, reps=10, warmup=3, calls=10)
             family = name.split()[0]
             totals[f"{family} {variant}"] = totals.get(f"{family} {variant}", 0.0) + ms * blocks
             print(f"| {name} | {m}x{k}x{n} | {variant} | {ms:.4f} | {flop / ms / 1e9:.0f} | {ms * blocks:.2f} |",

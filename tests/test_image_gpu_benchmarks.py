@@ -40,7 +40,7 @@ def test_gpu_probes_import(tmp_path, report):
     # Loading each script resolves its imports (services.image.*, torch APIs) without running main().
     code = ("import runpy\n"
             "for p in ('benchmarks/image_gpu_profile.py', 'benchmarks/image_gpu_attention.py',\n"
-            "          'benchmarks/image_gpu_rowquant.py'):\n"
+            "          'benchmarks/image_gpu_rowquant.py', 'benchmarks/image_gpu_gemm.py'):\n"
             "    runpy.run_path(p, run_name='probe')\n")
     r = run(["-c", code], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
