@@ -1,6 +1,6 @@
 """Attention alone at the image models' 1024px shapes: PyTorch's bf16 SDPA kernels against cuDNN's fp8 SDPA
 (through the cudnn-frontend Python package, carried as a wheel) and FlashAttention-3 in bf16 and fp8
-(services/image/fa3.py), with the error of each against a float32 reference. The "in block" rows compile a
+(benchmarks/fa3_vllm.py), with the error of each against a float32 reference. The "in block" rows compile a
 block's attention part as the service does (RMS norm of Q and K, RoPE, attention; for fp8 the quantisation
 fused in) so they include what fp8 adds around the kernel. Attention is ~31 % of FLUX's and ~27 % of Ovis'
 forward (image_gpu_results.md).
@@ -10,6 +10,7 @@ forward (image_gpu_results.md).
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from pathlib import Path
@@ -21,6 +22,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.image import fp8
 from services.image.speed import time_cuda
+
+# ten calls back to back per CUDA-event pair: one call alone also times the host's launch (session 4)
+bench = functools.partial(time_cuda, reps=10, warmup=3, calls=10)
 
 SHAPES = {"flux (1x24x4608x128)": (1, 24, 4608, 128), "ovis CFG pair (2x24x4352x128)": (2, 24, 4352, 128)}
 
@@ -97,13 +101,13 @@ def fa3_rows(label: str, q, k, v, ref, flops: float) -> list[tuple]:
     bshd = [x.transpose(1, 2) for x in (q, k, v)]  # FA3 and diffusers: (batch, seq, heads, dim) views
     rows = []
     for name, in_fp8 in (("bf16 FA3", False), ("fp8 FA3 + eager quant", True)):
-        ms = time_cuda(lambda in_fp8=in_fp8: fa3.attention(*bshd, fp8=in_fp8), reps=10, warmup=3, calls=10)
+        ms = bench(lambda in_fp8=in_fp8: fa3.attention(*bshd, fp8=in_fp8))
         err = rel_err(fa3.attention(*bshd, fp8=in_fp8).transpose(1, 2)[:, :4], ref)
         rows.append((label, name, ms, flops / ms / 1e9, err))
     quantized = [fa3.quantize(x) for x in bshd]
     scale = q.shape[-1] ** -0.5
     args = [t for t, _ in quantized] + [d for _, d in quantized]
-    ms = time_cuda(lambda: fa3.fa3(*args[:3], scale, *args[3:]), reps=10, warmup=3, calls=10)
+    ms = bench(lambda: fa3.fa3(*args[:3], scale, *args[3:]))
     rows.append((label, "fp8 FA3 kernel only", ms, flops / ms / 1e9, rows[-1][-1]))
     return rows
 
@@ -129,7 +133,7 @@ def block_rows(label: str, shape: tuple[int, ...], flops: float) -> list[tuple]:
     rows = []
     for kernel in kernels:
         fn = torch.compile(lambda x, kernel=kernel: part(x, kernel), fullgraph=True, dynamic=False)
-        ms = time_cuda(lambda fn=fn: fn(qkv), reps=10, warmup=3, calls=10)
+        ms = bench(lambda fn=fn: fn(qkv))
         rows.append((label, f"in block: norm+RoPE+{kernel} (compiled)", ms, flops / ms / 1e9, float("nan")))
     return rows
 
@@ -146,16 +150,16 @@ def measure(label: str, shape: tuple[int, ...]) -> list[tuple]:
     for name, backend in (("bf16 cuDNN (SDPA)", SDPBackend.CUDNN_ATTENTION),
                           ("bf16 flash (SDPA)", SDPBackend.FLASH_ATTENTION)):
         with sdpa_kernel(backend):
-            ms = time_cuda(lambda: F.scaled_dot_product_attention(q, k, v), reps=10, warmup=3, calls=10)
+            ms = bench(lambda: F.scaled_dot_product_attention(q, k, v))
             err = rel_err(F.scaled_dot_product_attention(q, k, v)[:, :4], ref)
         rows.append((label, name, ms, flops / ms / 1e9, err))
     try:
         att = CudnnFp8Attention(shape)
         prepared = att.prepare(q, k, v)
-        ms = time_cuda(lambda: att.run(prepared), reps=10, warmup=3, calls=10)
+        ms = bench(lambda: att.run(prepared))
         err = rel_err(att(q, k, v)[:, :4], ref)
         rows.append((label, "fp8 cuDNN kernel only", ms, flops / ms / 1e9, err))
-        ms = time_cuda(lambda: att(q, k, v), reps=10, warmup=3, calls=10)
+        ms = bench(lambda: att(q, k, v))
         rows.append((label, "fp8 cuDNN + eager quant/dequant", ms, flops / ms / 1e9, err))
     except Exception as e:  # report, keep the bf16 rows
         print(f"{label}: cuDNN fp8 SDPA failed: {type(e).__name__}: {e}")
