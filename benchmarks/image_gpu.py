@@ -121,9 +121,23 @@ def run_family(args: argparse.Namespace, family: str) -> None:
         s_img, s_step = engine_images(engine, family, size, steps, args.images)
         record(family, f"service {args.mode} {label}".strip(), s_img, s_step, steps, compile_s=round(warm, 1),
                attention=engine.applied.attention)
+    if args.bf16_attention_too and engine.applied.attention == "cudnn-fp8":
+        compare_bf16_attention(engine, family, size, steps, args)
     engine.close()
     del pipe, engine
     torch.cuda.empty_cache()
+
+
+def compare_bf16_attention(engine: ImageEngine, family: str, size: int, steps: int, args: argparse.Namespace) -> None:
+    """The same engine with its attention back on PyTorch's bf16 cuDNN kernel (the fp8 mode before
+    services/image/attention_fp8.py): the fp8 attention's gain measured in one run, on one machine."""
+    engine.pipe.transformer.set_attention_backend("_native_cudnn")
+    engine.applied.attention = "_native_cudnn"
+    engine.reset_compiled()
+    warm = engine.warmup(size, size)
+    s_img, s_step = engine_images(engine, family, size, steps, args.images)
+    record(family, f"service {args.mode}, bf16 attention", s_img, s_step, steps, compile_s=round(warm, 1),
+           attention="_native_cudnn")
 
 
 def restart_child(args: argparse.Namespace, family: str) -> None:
@@ -152,6 +166,8 @@ def main() -> None:
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--cfg-pair", action="store_true", help="Ovis: cond+uncond in one forward")
     ap.add_argument("--cfg-both", action="store_true", help="Ovis: time paired and two-pass CFG")
+    ap.add_argument("--bf16-attention-too", action="store_true",
+                    help="fp8: then time the same engine with bf16 attention")
     ap.add_argument("--restart", action="store_true", help="then time the first image in a fresh process")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dry", action="store_true", help="tiny pipelines on the CPU: checks the script only")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from services.image import fp8
+from services.image import attention_fp8, fp8
 from services.image.speed import time_cuda
 
 # ten calls back to back per CUDA-event pair: one call alone also times the host's launch (session 4)
@@ -127,9 +127,13 @@ def block_rows(label: str, shape: tuple[int, ...], flops: float) -> list[tuple]:
         q, k = ((x.float() * cos + x.float().roll(1, -1) * sin).to(x.dtype) for x in (q, k))
         if kernel == "sdpa":
             return F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
+        if kernel == "cudnn fp8 (service)":
+            return attention_fp8.attention(q, k, v, qk_descale)
         return fa3.attention(q, k, v, fp8=kernel == "fa3 fp8")
 
-    kernels = ["sdpa"] + (["fa3 bf16", "fa3 fp8"] if fa3.load() is None else [])
+    qk_descale = d**0.5 * float(w.abs().max()) / fp8.E4M3_MAX  # the service's static bound (attention_fp8.qk_bound)
+    kernels = ["sdpa"] + (["cudnn fp8 (service)"] if attention_fp8.available() is None else [])
+    kernels += ["fa3 bf16", "fa3 fp8"] if fa3.load() is None else []
     rows = []
     for kernel in kernels:
         fn = torch.compile(lambda x, kernel=kernel: part(x, kernel), fullgraph=True, dynamic=False)
@@ -163,6 +167,15 @@ def measure(label: str, shape: tuple[int, ...]) -> list[tuple]:
         rows.append((label, "fp8 cuDNN + eager quant/dequant", ms, flops / ms / 1e9, err))
     except Exception as e:  # report, keep the bf16 rows
         print(f"{label}: cuDNN fp8 SDPA failed: {type(e).__name__}: {e}")
+    if attention_fp8.available() is None:  # the service's op: static Q/K scale (|q|, |k| <= 6 here), eager casts
+        qk_descale = 6.0 / fp8.E4M3_MAX
+        q8, k8 = (attention_fp8.quantize_qk(x, qk_descale) for x in (q, k))
+        v8, v_descale = attention_fp8.quantize_v(v)
+        args = (q8.transpose(1, 2), k8.transpose(1, 2), v8.transpose(1, 2), qk_descale, v_descale, 1 / v_descale,
+                d**-0.5)
+        ms = bench(lambda: attention_fp8.sdpa_fp8(*args))
+        out = attention_fp8.attention(*(x.transpose(1, 2) for x in (q, k, v)), qk_descale).transpose(1, 2)
+        rows.append((label, "fp8 cuDNN, service op (kernel only)", ms, flops / ms / 1e9, rel_err(out[:, :4], ref)))
     rows += fa3_rows(label, q, k, v, ref, flops)
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         rows += block_rows(label, shape, flops)

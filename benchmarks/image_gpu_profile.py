@@ -8,6 +8,11 @@ the matmul ceiling is visible.
 
     python benchmarks/image_gpu_profile.py --family flux --variants bf16,fp8
     python benchmarks/image_gpu_profile.py --family flux --variants bf16,bf16-autotune
+    python benchmarks/image_gpu_profile.py --family flux --variants fp8-mlp-persist,fp8-mlp-persist-bf16att
+
+Variant names: fp8 (lossy mode, fp8 attention included unless `bf16att`), mlp (services/image/mlp.py),
+persist (services/image/reductions.py), graph (services/image/cuda_graphs.py), autotune / coord (inductor
+tuning); the service runs `fp8-mlp-persist-graph` or `bf16-mlp-persist-graph`.
 """
 
 from __future__ import annotations
@@ -126,7 +131,8 @@ def apply_variant(variant: str) -> SpeedOptions:
         ic.coordinate_descent_tuning = True
     return SpeedOptions(compile=True, fuse_qkv=True, fp8=variant.startswith("fp8"), attention="native",
                         cache_dir=CACHE, compile_vae=False, long_row_reductions="persist" in variant,
-                        fuse_mlp="mlp" in variant)
+                        fuse_mlp="mlp" in variant, fp8_attention="bf16att" not in variant,
+                        cuda_graph="graph" in variant)
 
 
 def run_variant(family: str, variant: str, size: int) -> dict:
@@ -147,12 +153,14 @@ def run_variant(family: str, variant: str, size: int) -> dict:
 
     ms = time_cuda(fwd, reps=10, warmup=2)
     cats, rows, busy = profile(fwd)
+    graphed = tr.__dict__.get("forward")  # services/image/cuda_graphs.py, with the `graph` variants
+    replays = getattr(graphed, "replays", None)
     hs = kwargs["hidden_states"]
     txt = kwargs.get("encoder_hidden_states")
     fl = block_flops(tr, hs.shape[1], txt.shape[1] if txt is not None else 0)
     batch = hs.shape[0]
     res = {"family": family, "variant": variant, "forward_ms": round(ms, 2), "gpu_busy_ms": round(busy, 2),
-           "batch": batch, **{k: round(v * batch, 2) for k, v in fl.items()},
+           "batch": batch, "graph_replays": replays, **{k: round(v * batch, 2) for k, v in fl.items()},
            "categories_ms": {k: round(v, 2) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])}}
     g = cats.get("gemm", 0)
     if g:

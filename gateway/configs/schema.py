@@ -148,6 +148,7 @@ class DiffusersArgs(Strict):
     compile: bool = Field(False, description="regional torch.compile of the repeated blocks")
     fuse_qkv: bool = False
     fp8: bool = Field(False, description="dynamic float8 matmuls (own layer; IMAGE_FP8_IMPL=torchao): lossy, Hopper")
+    fp8_attention: bool | None = Field(None, description="with fp8: cuDNN fp8 attention, lossy (default: on)")
     vae_tiling_above: int | None = Field(None, description="tile the VAE decode above this size")
     cfg_batch: bool = Field(True, description="Ovis: cond+uncond in one forward when faster")
 

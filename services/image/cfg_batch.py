@@ -59,6 +59,8 @@ class _Pairing:
 def paired(pipe: Any) -> Iterator[_Pairing]:
     """Patch one pipeline instance for the duration of one call (the engine runs one call at a time)."""
     pairing = _Pairing(pipe)
+    # an instance-level forward already there (services/image/cuda_graphs.py) is wrapped, then put back
+    previous = pipe.transformer.__dict__.get("forward")
     pipe.encode_prompt = pairing.encode_prompt
     pipe.transformer.forward = pairing.transformer_forward
     try:
@@ -67,3 +69,5 @@ def paired(pipe: Any) -> Iterator[_Pairing]:
         # removing the instance attributes restores the class methods
         del pipe.encode_prompt
         del pipe.transformer.forward
+        if previous is not None:
+            pipe.transformer.forward = previous

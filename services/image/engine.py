@@ -89,9 +89,16 @@ class ImageEngine:
             log.exception("warm-up failed with attention %s; retrying with native", self.applied.attention)
             self.pipe.transformer.set_attention_backend("native")
             self.applied.attention = "native"
-            torch._dynamo.reset()
+            self.reset_compiled()
             self.generate([job])
         return time.perf_counter() - t0
+
+    def reset_compiled(self) -> None:
+        """Drop compiled code and captured CUDA graphs: the next calls trace the forward as it is now."""
+        torch._dynamo.reset()
+        reset = getattr(self.pipe.transformer.__dict__.get("forward"), "reset", None)
+        if reset is not None:
+            reset()
 
     def close(self) -> None:
         self.pipe = None

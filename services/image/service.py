@@ -84,8 +84,8 @@ def default_loader(cfg: Config, device: str, settings: Settings) -> Any:
     from services.image.engine import ImageEngine
 
     d = cfg.diffusers
-    opts = speed.SpeedOptions(compile=d.compile, fuse_qkv=d.fuse_qkv, fp8=d.fp8, cache_dir=settings.compile_cache,
-                              fp8_impl=os.environ.get("IMAGE_FP8_IMPL", "scaled_mm"))
+    opts = speed.SpeedOptions(compile=d.compile, fuse_qkv=d.fuse_qkv, fp8=d.fp8, fp8_attention=d.fp8_attention,
+                              cache_dir=settings.compile_cache, fp8_impl=os.environ.get("IMAGE_FP8_IMPL", "scaled_mm"))
     engine = ImageEngine.load(checkpoint_source(cfg, settings.models_dir), d.pipeline, device, d.dtype, opts,
                               max_batch=settings.max_batch, vae_tiling_above=d.vae_tiling_above,
                               cfg_batch_max_pixels=settings.cfg_batch_max_pixels)

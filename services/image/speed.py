@@ -43,6 +43,9 @@ class SpeedOptions:
     cache_dir: Path | None = None
     long_row_reductions: bool = True  # with compile on a GPU: one-pass rows up to 4096 (services/image/reductions.py)
     fuse_mlp: bool | None = None  # FLUX MLP ends (services/image/mlp.py); default: on with a GPU; True forces it
+    fp8_attention: bool | None = None  # cuDNN fp8 attention (services/image/attention_fp8.py); default: with fp8
+    cuda_graph: bool | None = None  # the transformer forward as one CUDA graph (services/image/cuda_graphs.py);
+    # default: with compile on a GPU
 
 
 @dataclass
@@ -160,6 +163,23 @@ def pick_attention(transformer: torch.nn.Module, tokens: int = 4608) -> str:
     return best
 
 
+def _set_attention(transformer: torch.nn.Module, opts: SpeedOptions, on_gpu: bool) -> str:
+    """fp8 attention in the lossy fp8 mode when this GPU runs it, else the fastest PyTorch backend."""
+    if opts.fp8 and (opts.fp8_attention is not False) and on_gpu:
+        from services.image import attention_fp8
+
+        why = attention_fp8.enable(transformer)
+        if why is None:
+            return "cudnn-fp8"
+        log.warning("fp8 attention not used: %s", why)
+    attention = opts.attention
+    if attention == "auto":
+        attention = pick_attention(transformer) if on_gpu else "native"
+    if attention != "native":
+        transformer.set_attention_backend(attention)
+    return attention
+
+
 def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
     t0 = time.perf_counter()
     done = Applied()
@@ -179,12 +199,7 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
 
         if mlp.fuse(transformer):
             done.steps.append("fuse_mlp")
-    attention = opts.attention
-    if attention == "auto":
-        attention = pick_attention(transformer) if on_gpu else "native"
-    if attention != "native":
-        transformer.set_attention_backend(attention)
-    done.attention = attention
+    done.attention = _set_attention(transformer, opts, on_gpu)
     if opts.compile and opts.long_row_reductions and on_gpu:
         from services.image import reductions
 
@@ -196,6 +211,11 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
         # seconds to compile instead of minutes for the whole model.
         transformer.compile_repeated_blocks(fullgraph=True, dynamic=False)
         done.steps.append("compile_blocks")
+    if on_gpu and (opts.compile if opts.cuda_graph is None else opts.cuda_graph):
+        from services.image import cuda_graphs
+
+        cuda_graphs.install(transformer)
+        done.steps.append("cuda_graph")
     if opts.compile if opts.compile_vae is None else opts.compile_vae:
         if on_gpu:
             pipe.vae.to(memory_format=torch.channels_last)

@@ -172,6 +172,129 @@ else:
         split = mlp.SplitOut(lin, 16)
         torch.testing.assert_close(split(attn, h), lin(torch.cat([attn, h], dim=-1)), rtol=1e-5, atol=1e-5)
 
+    def test_fp8_attention_arithmetic() -> None:
+        """The fp8 attention's quantisation (static Q/K scale from the norm bound, per-tensor V scale, e4m3
+        output scaled by V's) stays close to exact attention; the op keeps its contract (opcheck)."""
+        from diffusers.models.normalization import RMSNorm
+
+        from services.image import attention_fp8 as af
+
+        torch.manual_seed(0)
+        d = 128
+        norm = RMSNorm(d, eps=1e-6)
+        norm.weight.data = torch.rand(d) * 3
+        norm.requires_grad_(False)
+        q, k = (norm(torch.randn(2, 300, 4, d) * 5) for _ in range(2))
+        v = torch.randn(2, 300, 4, d) * 3
+        bound = d**0.5 * float(norm.weight.abs().max())
+        assert float(max(q.abs().max(), k.abs().max())) <= bound
+        exact = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)))
+        lossy = af.reference(q, k, v, bound / af.E4M3_MAX)
+        assert lossy.shape == q.shape and lossy.dtype == q.dtype
+        err = ((lossy - exact.transpose(1, 2)).norm() / exact.norm()).item()
+        assert 0 < err < 0.15, err  # e4m3 keeps 3 mantissa bits
+        q8, k8 = (af.quantize_qk(x, bound / af.E4M3_MAX) for x in (q, k))
+        v8, v_descale = af.quantize_v(v)
+        assert q8.dtype == v8.dtype == af.E4M3 and v_descale.shape == (1,)
+        o8 = af.sdpa_fp8(q8, k8, v8, bound / af.E4M3_MAX, v_descale, 1 / v_descale, d**-0.5)
+        assert o8.dtype == af.E4M3 and o8.shape == q.shape and o8.float().abs().max() <= af.E4M3_MAX
+        # fake-tensor contract only: opcheck's other checks compare outputs, which float8 tensors cannot
+        torch.library.opcheck(af.sdpa_fp8, (q8, k8, v8, bound / af.E4M3_MAX, v_descale, 1 / v_descale, d**-0.5),
+                              test_utils="test_faketensor")
+
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_fp8_attention_routes_every_attention(models: Path, family: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        """install() sends every processor's attention through the fp8 path (here the op's CPU contract)
+        and nothing else changes; qk_bound finds every Q/K norm and really bounds Q and K."""
+        from services.image import attention_fp8 as af
+
+        e = engine(models, family)
+        tr = e.pipe.transformer
+        kw = transformer_inputs(e)
+        calls: list[float] = []
+        attention = af.attention
+
+        def counted(query, key, value, qk_descale, kernel=None):
+            calls.append(float(max(query.abs().max(), key.abs().max())) / (qk_descale * af.E4M3_MAX))
+            return attention(query, key, value, qk_descale, kernel)
+
+        monkeypatch.setattr(af, "attention", counted)
+        bound = af.qk_bound(tr)
+        assert bound is not None and bound > 0
+        with torch.inference_mode():
+            ref = tr(**kw)[0]
+            routed = af.install(tr, af.Backend(bound / af.E4M3_MAX))
+            assert routed == len(tr.transformer_blocks) + len(tr.single_transformer_blocks)
+            lossy = tr(**kw)[0]
+            tr.set_attention_backend("native")  # back to diffusers' dispatch: exact again
+            again = tr(**kw)[0]
+        assert len(calls) == routed and max(calls) <= 1.0  # every Q and K within the static bound
+        assert ((lossy - ref).norm() / ref.norm()).item() < 0.15
+        torch.testing.assert_close(again, ref)
+        if not torch.cuda.is_available():
+            assert af.enable(tr) is not None  # no GPU: the speed path keeps PyTorch's attention
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
+    def test_fp8_attention_gpu() -> None:
+        """cuDNN's fp8 kernel against the op's PyTorch contract, eager and inside a compiled function, with
+        Q, K, V as strided views of a fused QKV output; 1000 tokens as well as multiples of 128."""
+        from services.image import attention_fp8 as af
+
+        if (why := af.available()) is not None:
+            pytest.skip(why)
+        torch.manual_seed(0)
+        for b, s, h in ((1, 4608, 24), (2, 1024, 3), (1, 1000, 3)):
+            d = 128
+            qkv = torch.randn(b, s, 3 * h * d, device="cuda", dtype=torch.bfloat16)
+            q, k, v = (x.unflatten(-1, (h, d)) for x in qkv.chunk(3, dim=-1))
+            q, k = (torch.nn.functional.rms_norm(x, (d,), eps=1e-6) for x in (q, k))
+            qk_descale = d**0.5 / af.E4M3_MAX
+            ref = af.reference(q, k, v, qk_descale).float()
+            exact = torch.nn.functional.scaled_dot_product_attention(
+                *(x.float().transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
+            compiled = torch.compile(lambda q, k, v, c=qk_descale: af.attention(q, k, v, c), fullgraph=True)
+            for out in (af.attention(q, k, v, qk_descale), compiled(q, k, v)):
+                assert out.shape == (b, s, h, d) and out.dtype == torch.bfloat16
+                # the kernel also rounds the softmax weights to e4m3; the reference does not
+                assert ((out.float() - ref).norm() / ref.norm()).item() < 0.08, (b, s, h)
+                assert ((out.float() - exact).norm() / exact.norm()).item() < 0.1, (b, s, h)
+
+    def test_cuda_graph_wrapper_passthrough() -> None:
+        """What a graph is specialised on, and everything that must run the plain forward (CPU tensors, grad
+        mode, positional or non-tensor arguments): same result as the module's own forward."""
+        from services.image import cuda_graphs
+
+        sig = cuda_graphs._signature
+        lin = torch.nn.Linear(4, 4)
+        graphed = cuda_graphs.install(lin)
+        x = torch.randn(2, 4)
+        with torch.inference_mode():
+            torch.testing.assert_close(lin(input=x), torch.nn.functional.linear(x, lin.weight, lin.bias))
+        assert sig({"a": x}) is None and sig({"d": {"mask": x}}) is None  # CPU tensors, tensors in dicts
+        assert sig({"flag": False, "n": None, "kw": {}}) == (("flag", False), ("kw", ()), ("n", None))
+        assert sig({"kw": {"scale": 1.0}}) == (("kw", (("scale", 1.0),)),)
+        assert not graphed.graphs and not graphed.replays
+        del lin.forward  # the class's forward again
+        assert lin.forward.__func__ is torch.nn.Linear.forward
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_cuda_graph_gpu(models: Path, family: str) -> None:
+        """The transformer replayed as a CUDA graph gives the images the plain forward gives (Ovis with its
+        CFG pairing wrapped around the graph), and does replay."""
+        from services.image import cuda_graphs
+
+        e = ImageEngine.load(models / f"tiny-{family}", family, "cuda", "bfloat16", SpeedOptions(),
+                             cfg_batch_max_pixels=64 * 64)
+        job = Job("a cat", 64, 64, 4, 5.0 if family == "ovis" else 3.5, seed=1)
+        plain = e.generate([job])[0].images[0]
+        graphed = cuda_graphs.install(e.pipe.transformer)
+        out = e.generate([job])[0].images[0]
+        assert graphed.replays >= 2 and len(graphed.graphs) == 1
+        assert e.pipe.transformer.forward is graphed  # CFG pairing put it back
+        assert np.abs(pixels(out) - pixels(plain)).max() <= 1
+
     def test_vae_tiling_toggles(models: Path) -> None:
         e = engine(models, "flux", vae_tiling_above=96)
         e.generate([Job("a cat", 128, 128, 1, 3.5, seed=0)])

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Every step of a GPU run of the image service, on a machine with CUDA PyTorch (the lent H100: torch 2.11,
+# no diffusers/torchao there, so their wheels travel in .whl/). Logs go to $OUT (or /tmp/image-gpu).
+#
+#   bash benchmarks/image_gpu_run.sh tests attention profile images
+#
+# Steps: tests (GPU tests of services/image), attention (benchmarks/image_gpu_attention.py),
+# profile (FLUX forwards of $VARIANTS, kernels by name), images (full FLUX + Ovis fp8 images,
+# then bf16 attention in the same engine), bf16 (FLUX bf16 images), restart (first image in a new process).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/image-gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+if ! python3 -c "import diffusers" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
+
+run() {  # name, command...: log to $OUT/<name>.log, keep going on failure
+  local name=$1; shift
+  echo "=== $name: $*"
+  local t=$SECONDS
+  "$@" 2>&1 | tee "$OUT/$name.log" | grep -v "^\s*$" | tail -n "${TAIL:-40}"
+  echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t)) s"
+}
+
+for step in "$@"; do
+  case $step in
+    tests) run tests python3 -m pytest -q -p no:cacheprovider -o addopts= services/image/test_engine.py \
+             -k "gpu" -rs ;;
+    attention) run attention python3 benchmarks/image_gpu_attention.py ;;
+    profile) PROFILE_TOP=${PROFILE_TOP:-12} run profile python3 benchmarks/image_gpu_profile.py --family flux \
+               --variants "${VARIANTS:-fp8-mlp-persist-graph,fp8-mlp-persist-bf16att-graph,bf16-mlp-persist-graph,bf16-mlp-persist}" ;;
+    images) run images python3 benchmarks/image_gpu.py --family both --mode fp8 --cfg-pair --skip-baseline \
+              --bf16-attention-too ;;
+    bf16) run bf16 python3 benchmarks/image_gpu.py --family flux --mode bf16 --skip-baseline ;;
+    restart) run restart python3 benchmarks/image_gpu.py --family flux --mode fp8 --skip-baseline --images 1 \
+               --restart ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done
