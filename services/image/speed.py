@@ -1,17 +1,20 @@
 """The GPU speed path, applied to a loaded pipeline: fused QKV, fp8, fused MLP ends, attention backend,
-regional compile.
+regional compile, the transformer forward as one CUDA graph.
 
 Order matters: QKV fusion creates the Linear layers that fp8 then quantizes, the MLP ends are rewired
-around fp8's layers, and compilation comes last so that it traces the final modules. Everything here is
-optional and a no-op on the CPU except QKV fusion, MLP rewiring and compilation when explicitly asked for.
+around fp8's layers, and compilation comes last so that it traces the final modules; the CUDA graph wraps
+the compiled forward. Everything here is optional and a no-op on the CPU except QKV fusion, MLP rewiring
+and compilation when explicitly asked for.
 
-Measured on an H100 with benchmarks/image_gpu.py (full pipelines, 1024px): FLUX.1-dev 183 ms a step eager
+Measured on H100s with benchmarks/image_gpu.py (full pipelines, 1024px), FLUX.1-dev a step: 183 ms eager
 bf16 -> 135 ms fused QKV + regional compile -> 129 ms with the MLP ends rewired (services/image/mlp.py) ->
-92-94 ms with fp8 (services/image/fp8.py) as well; torchao's fp8 gave 99.5 ms (before mlp.py) but a 482 s
-cold compile (every block recompiled) against 15 s. fp8 is LOSSY (dynamic per-row float8 activations and
-weights, fast accumulation): images differ slightly from bf16; it is off unless the config's `diffusers.fp8`
-is true. Attention: the kernel is timed at load; on the H100 PyTorch's
-default flash kernel (0.42 ms) beat cuDNN's (0.53 ms) at FLUX's shape, so "native" was kept.
+92-94 ms with fp8 matmuls (services/image/fp8.py) -> 84.5-87.7 ms with cuDNN's fp8 attention
+(services/image/attention_fp8.py) under a CUDA graph (services/image/cuda_graphs.py), which the fp8
+attention needs: its host work per call made the forward wait on the CPU without one. fp8 is LOSSY
+(dynamic per-row float8 matmuls with fast accumulation; Q, K, V, softmax weights and attention output in
+e4m3): images differ from bf16; it is off unless the config's `diffusers.fp8` is true, and
+`diffusers.fp8_attention: false` keeps bf16 attention within it. Outside the fp8 attention, the attention
+kernel is timed at load between PyTorch's backends (inside compiled blocks cuDNN's kernel runs).
 """
 
 from __future__ import annotations
@@ -205,6 +208,11 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
 
         reductions.install()
         done.steps.append("long_row_reductions")
+    if opts.compile and on_gpu:
+        from services.image import rope
+
+        if rope.install():  # bit-for-bit diffusers' RoPE, cheaper once compiled
+            done.steps.append("rope_flip")
     if opts.compile:
         _raise_recompile_limit()
         # Regional compilation: one graph for the repeated block class, reused by all 57 (FLUX) blocks;

@@ -295,6 +295,24 @@ else:
         assert e.pipe.transformer.forward is graphed  # CFG pairing put it back
         assert np.abs(pixels(out) - pixels(plain)).max() <= 1
 
+    def test_rope_flip_is_diffusers_rope() -> None:
+        """services/image/rope.py computes diffusers' interleaved RoPE bit for bit, both sequence layouts,
+        and hands every other variant to diffusers."""
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        from services.image import rope
+
+        torch.manual_seed(0)
+        cos, sin = torch.randn(50, 128), torch.randn(50, 128)
+        for x, seq_dim in ((torch.randn(2, 50, 3, 128, dtype=torch.bfloat16), 1),
+                           (torch.randn(2, 3, 50, 128, dtype=torch.bfloat16), 2)):
+            ours = rope.apply_rotary_emb(x, (cos, sin), sequence_dim=seq_dim, original=apply_rotary_emb)
+            assert torch.equal(ours, apply_rotary_emb(x, (cos, sin), sequence_dim=seq_dim))
+        x = torch.randn(2, 3, 50, 128)
+        half = rope.apply_rotary_emb(x, (cos, sin), use_real_unbind_dim=-2, original=apply_rotary_emb)
+        assert torch.equal(half, apply_rotary_emb(x, (cos, sin), use_real_unbind_dim=-2))
+        assert rope.install() == 2 and rope.install() == 2  # FLUX and Ovis modules; idempotent
+
     def test_vae_tiling_toggles(models: Path) -> None:
         e = engine(models, "flux", vae_tiling_above=96)
         e.generate([Job("a cat", 128, 128, 1, 3.5, seed=0)])
