@@ -33,7 +33,7 @@ run() {  # name, command...: log to $OUT/<name>.log, keep going on failure
 for step in "$@"; do
   case $step in
     tests) run tests python3 -m pytest -q -p no:cacheprovider -o addopts= services/image/test_engine.py \
-             -k "gpu" -rs ;;
+             -k "gpu" -rfEs ;;
     attention) run attention python3 benchmarks/image_gpu_attention.py ;;
     qknorm) run qknorm python3 benchmarks/image_gpu_qknorm.py ;;
     profile) PROFILE_TOP=${PROFILE_TOP:-12} run profile python3 benchmarks/image_gpu_profile.py --family flux \
