@@ -11,8 +11,7 @@ the matmul ceiling is visible.
     python benchmarks/image_gpu_profile.py --family flux --variants fp8-mlp-persist,fp8-mlp-persist-bf16att
 
 Variant names: fp8 (lossy mode, fp8 attention included unless `bf16att`), mlp (services/image/mlp.py),
-persist (services/image/reductions.py), graph (services/image/cuda_graphs.py), noqk (without
-services/image/qk_norm.py), autotune / coord (inductor
+persist (services/image/reductions.py), graph (services/image/cuda_graphs.py), autotune / coord (inductor
 tuning); the service runs `fp8-mlp-persist-graph` or `bf16-mlp-persist-graph`.
 """
 
@@ -133,7 +132,7 @@ def apply_variant(variant: str) -> SpeedOptions:
     return SpeedOptions(compile=True, fuse_qkv=True, fp8=variant.startswith("fp8"), attention="native",
                         cache_dir=CACHE, compile_vae=False, long_row_reductions="persist" in variant,
                         fuse_mlp="mlp" in variant, fp8_attention="bf16att" not in variant,
-                        cuda_graph="graph" in variant, fuse_qk_norm="noqk" not in variant)
+                        cuda_graph="graph" in variant)
 
 
 def run_variant(family: str, variant: str, size: int) -> dict:
