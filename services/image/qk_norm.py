@@ -111,10 +111,10 @@ class Processor:
         fp8 = isinstance(backend, attention_fp8.Backend)
         cos, sin = image_rotary_emb
         dtype = hidden_states.dtype
-        added = (attn.norm_added_q.weight, attn.norm_added_k.weight, _eps(attn.norm_added_q, dtype)) if text else (
-            None, None, 0.0)
-        query, key = qk_norm_rope(q, k, attn.norm_q.weight, attn.norm_k.weight, cos, sin, _eps(attn.norm_q, dtype),
-                                  attn.heads, 1.0 / backend.qk_descale if fp8 else 0.0, q_txt, k_txt, *added)
+        query, key = qk_norm_rope(q, k, attn.norm_q.weight, attn.norm_k.weight, cos, sin, _eps(attn.norm_q, dtype), attn.heads,
+                        1.0 / backend.qk_descale if fp8 else 0.0, q_txt, k_txt,
+                        attn.norm_added_q.weight if text else None, attn.norm_added_k.weight if text else None,
+                        _eps(attn.norm_added_q, dtype) if text else 0.0)
         value = (torch.cat([v_txt, v], dim=1) if text else v).unflatten(-1, (attn.heads, -1))
         if fp8:
             out = attention_fp8.attention_quantized_qk(query, key, value, backend.qk_descale)
