@@ -2,7 +2,7 @@
 casts (services/image/attention_fp8.py) and V's scale. Times diffusers' interleaved RoPE, the flip form
 (services/image/rope.py), the same rotation on half-split head dimensions (a fixed permutation of Q's and K's
 head dimensions leaves every q.k product unchanged) and the one Triton kernel of services/image/qk_norm.py;
-with QKNORM_CODE=1 writes inductor's generated code to $OUT.
+writes inductor's generated code to $OUT.
 
     python benchmarks/image_gpu_qknorm.py
 """
@@ -55,10 +55,10 @@ def producer(qkv, wq, wk, cos, sin, rope, qk_descale):
 
 def kernel_producer(qkv, wq, wk, cos, sin, qk_descale):
     """services/image/qk_norm.py's Triton kernel (what the service runs now) plus V's scale and cast."""
-    from services.image import qk_norm
+    from services.image import triton_kernels
 
     q, k, v = qkv.chunk(3, dim=-1)
-    q8, k8 = qk_norm.qk_norm_rope(q, k, wq, wk, cos, sin, 1e-6, H, 1 / qk_descale, None, None, None, None,
+    q8, k8 = triton_kernels.qk_norm_rope(q, k, wq, wk, cos, sin, 1e-6, H, 1 / qk_descale, None, None, None, None,
                                          0.0)
     v8, v_descale = attention_fp8.quantize_v(v.unflatten(-1, (H, D)))
     return q8, k8, v8, v_descale
@@ -86,8 +86,7 @@ def main() -> None:
             compiled = torch.compile(functools.partial(fn, rope=rope, qk_descale=qk_descale), fullgraph=True,
                                      dynamic=False)
             _, code = run_and_get_code(compiled, qkv, wq, wk, cos, sin)
-            if os.environ.get("QKNORM_CODE"):  # inductor's kernels, to read (six files)
-                (OUT / f"qknorm_{name.split('+')[0]}_{rope.__name__}.py").write_text("\n\n".join(code))
+            (OUT / f"qknorm_{name.split('+')[0]}_{rope.__name__}.py").write_text("\n\n".join(code))
             ms = bench(lambda c=compiled: c(qkv, wq, wk, cos, sin))
             rows.append((name, rope.__name__, ms))
     compiled = torch.compile(functools.partial(kernel_producer, qk_descale=qk_descale), fullgraph=True, dynamic=False)

@@ -35,8 +35,8 @@ def _allocate(q: torch.Tensor, q_txt: torch.Tensor | None, heads: int, out_scale
     return torch.empty(b, n_txt + n, heads, hd // heads, device=q.device, dtype=dtype)
 
 
-def run(q, k, wq, wk, cos, sin, eps, heads, out_scale, q_txt, k_txt, wq_txt, wk_txt,
-        eps_txt) -> tuple[torch.Tensor, torch.Tensor]:
+def run(q, k, wq, wk, cos, sin, eps, heads, out_scale, q_txt, k_txt, wq_txt, wk_txt, eps_txt,
+        traced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel for the text stream (if any) then the image stream into one (batch, tokens, heads,
     dim) output each for Q and K."""
     from services.image import triton_kernels
@@ -44,9 +44,10 @@ def run(q, k, wq, wk, cos, sin, eps, heads, out_scale, q_txt, k_txt, wq_txt, wk_
     qo, ko = _allocate(q, q_txt, heads, out_scale), _allocate(k, k_txt, heads, out_scale)
     offset = 0
     if q_txt is not None:
-        triton_kernels.qk_norm_rope_launch(q_txt, k_txt, wq_txt, wk_txt, cos, sin, eps_txt, qo, ko, 0, out_scale)
+        triton_kernels.qk_norm_rope_launch(q_txt, k_txt, wq_txt, wk_txt, cos, sin, eps_txt, qo, ko, 0, out_scale,
+                                           traced)
         offset = q_txt.shape[1]
-    triton_kernels.qk_norm_rope_launch(q, k, wq, wk, cos, sin, eps, qo, ko, offset, out_scale)
+    triton_kernels.qk_norm_rope_launch(q, k, wq, wk, cos, sin, eps, qo, ko, offset, out_scale, traced)
     return qo, ko
 
 
@@ -75,8 +76,8 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.T
                  k_txt: torch.Tensor | None, wq_txt: torch.Tensor | None, wk_txt: torch.Tensor | None,
                  eps_txt: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised, rotated Q and K, (batch, text + image tokens, heads, dim): bf16, or e4m3 holding the value
-    times out_scale when out_scale > 0. q, k: (batch, tokens, heads * dim) rows, dims contiguous. Opaque to
-    inductor: the kernel is launched by Triton's JIT (services/image/triton_kernels.py says why)."""
+    times out_scale when out_scale > 0. q, k: (batch, tokens, heads * dim) rows, dims contiguous. Eager and
+    CPU entry; compiled CUDA graphs use triton_kernels.qk_norm_rope."""
     args = (q, k, wq, wk, cos, sin, eps, heads, out_scale, q_txt, k_txt, wq_txt, wk_txt, eps_txt)
     if q.is_cuda:
         return run(*args)
@@ -109,9 +110,14 @@ class Processor:
             q_txt, k_txt, v_txt = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
         backend = self._attention_backend
         fp8 = isinstance(backend, attention_fp8.Backend)
+        op = qk_norm_rope
+        if torch.compiler.is_compiling():  # the Triton op that inductor launches itself
+            from services.image import triton_kernels
+
+            op = triton_kernels.qk_norm_rope
         cos, sin = image_rotary_emb
         dtype = hidden_states.dtype
-        query, key = qk_norm_rope(q, k, attn.norm_q.weight, attn.norm_k.weight, cos, sin, _eps(attn.norm_q, dtype), attn.heads,
+        query, key = op(q, k, attn.norm_q.weight, attn.norm_k.weight, cos, sin, _eps(attn.norm_q, dtype), attn.heads,
                         1.0 / backend.qk_descale if fp8 else 0.0, q_txt, k_txt,
                         attn.norm_added_q.weight if text else None, attn.norm_added_k.weight if text else None,
                         _eps(attn.norm_added_q, dtype) if text else 0.0)

@@ -345,8 +345,8 @@ else:
     @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
     def test_qk_norm_kernel_gpu() -> None:
         """The Triton kernel against its PyTorch arithmetic: text + image streams, bf16 and e4m3 out, eager and
-        compiled (the op inside a graph), FLUX's shapes and a ragged token count."""
-        from services.image import qk_norm
+        compiled (the triton_op), FLUX's shapes and a ragged token count."""
+        from services.image import qk_norm, triton_kernels
 
         torch.manual_seed(0)
         for b, n_txt, n, h in ((1, 512, 4096, 24), (2, 7, 100, 3)):
@@ -360,7 +360,7 @@ else:
             for scale in (0.0, 448 / (d**0.5 * 1.5)):
                 args = (q, k, ws[0], ws[1], cos, sin, 1e-6, h, scale, qt, kt, ws[2], ws[3], 1e-6)
                 ref = [x.float() for x in qk_norm.reference(*args)]
-                compiled = torch.compile(lambda *a: qk_norm.qk_norm_rope(*a), fullgraph=True)
+                compiled = torch.compile(lambda *a: triton_kernels.qk_norm_rope(*a), fullgraph=True)
                 for outs in (qk_norm.qk_norm_rope(*args), compiled(*args)):
                     for out, r in zip(outs, ref, strict=True):
                         assert out.shape == (b, n_txt + n, h, d)

@@ -83,23 +83,19 @@ def act_quant_rows(attn: torch.Tensor | None, mlp: torch.Tensor, bias: torch.Ten
 
 
 @triton.jit
-def _norm_rope_tile(src, w_ptr, c, s, offs, mask, eps, D: tl.constexpr):
+def _norm_rope_tile(src, w_ptr, c, s, offs, mask, eps, D: tl.constexpr, BLOCK_T: tl.constexpr):
     """One (tokens, D) tile: RMS norm rounded to the activation dtype as diffusers' RMSNorm returns it, times
-    the weight (rounded), then interleaved RoPE in float32, rounded. The pair partner (d ^ 1) is loaded again
-    (same cache lines) and normalised the same way: out[d] = y[d] cos[d] + rot[d] sin[d], with rot = -y[d + 1]
-    for even d and y[d - 1] for odd d, as diffusers' unbind + stack builds it."""
+    the weight (rounded), then interleaved RoPE on (even, odd) pairs in float32, rounded."""
     dtype = src.dtype.element_ty
-    dims = tl.arange(0, D)
-    partner = dims ^ 1
     x = tl.load(src + offs, mask=mask, other=0.0).to(tl.float32)
-    xp = tl.load(src + offs - dims[None, :] + partner[None, :], mask=mask, other=0.0).to(tl.float32)
-    rms = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)[:, None]
-    w = tl.load(w_ptr + dims).to(tl.float32)[None, :]
-    wp = tl.load(w_ptr + partner).to(tl.float32)[None, :]
-    y = ((x * rms).to(dtype).to(tl.float32) * w).to(dtype).to(tl.float32)
-    yp = ((xp * rms).to(dtype).to(tl.float32) * wp).to(dtype).to(tl.float32)
-    rot = tl.where((dims % 2 == 0)[None, :], -yp, yp)
-    return (y * c + rot * s).to(dtype)
+    rms = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
+    w = tl.load(w_ptr + tl.arange(0, D)).to(tl.float32)
+    y = ((x * rms[:, None]).to(dtype).to(tl.float32) * w[None, :]).to(dtype).to(tl.float32)
+    even, odd = tl.split(tl.reshape(y, (BLOCK_T, D // 2, 2)))
+    c_even, c_odd = tl.split(tl.reshape(c, (BLOCK_T, D // 2, 2)))
+    s_even, s_odd = tl.split(tl.reshape(s, (BLOCK_T, D // 2, 2)))
+    out = tl.join(even * c_even - odd * s_even, odd * c_odd + even * s_odd)
+    return tl.reshape(out, (BLOCK_T, D)).to(dtype)
 
 
 @triton.jit
@@ -118,8 +114,8 @@ def _qk_norm_rope(q_ptr, k_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr
     pos = (seq_offset + toks).to(tl.int64)[:, None] * D + dims[None, :]
     c = tl.load(cos_ptr + pos, mask=mask, other=0.0)
     s = tl.load(sin_ptr + pos, mask=mask, other=0.0)
-    q = _norm_rope_tile(q_ptr, wq_ptr, c, s, offs, mask, eps, D)
-    k = _norm_rope_tile(k_ptr, wk_ptr, c, s, offs, mask, eps, D)
+    q = _norm_rope_tile(q_ptr, wq_ptr, c, s, offs, mask, eps, D, BLOCK_T)
+    k = _norm_rope_tile(k_ptr, wk_ptr, c, s, offs, mask, eps, D, BLOCK_T)
     out_offs = (b * out_batch_stride + (seq_offset + toks).to(tl.int64)[:, None] * out_tok_stride + h * D
                 + dims[None, :])
     if FP8:
@@ -131,16 +127,24 @@ def _qk_norm_rope(q_ptr, k_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr
 
 def qk_norm_rope_launch(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, cos: torch.Tensor,
                         sin: torch.Tensor, eps: float, qo: torch.Tensor, ko: torch.Tensor, seq_offset: int,
-                        out_scale: float) -> None:
+                        out_scale: float, traced: bool = False) -> None:
     """Launch _qk_norm_rope for (batch, tokens, heads * dim) views q and k (rows of a fused projection; the same
     strides for both, as chunks of one projection have)."""
     b, n, hd = q.shape
     d = qo.shape[-1]
     block_t = 32
-    # launched from the opaque custom op (services/image/qk_norm.py), also inside compiled blocks: as a
-    # triton_op, inductor's own compile of this kernel failed in LLVM lowering on the H100 (torch 2.11,
-    # Triton 3.6), while Triton's JIT builds it; under the CUDA graph the op's Python costs nothing
-    _qk_norm_rope[(triton.cdiv(n, block_t), hd // d, b)](
+    kernel = wrap_triton(_qk_norm_rope) if traced else _qk_norm_rope
+    kernel[(triton.cdiv(n, block_t), hd // d, b)](
         q, k, wq, wk, cos, sin, qo, ko, n, q.stride(1), q.stride(0), qo.stride(1), qo.stride(0),
         seq_offset, eps, out_scale, D=d, BLOCK_T=block_t, FP8=out_scale > 0, num_warps=4)
 
+
+@triton_op("modelplat_image::qk_norm_rope_cuda", mutates_args=())
+def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, cos: torch.Tensor,
+                 sin: torch.Tensor, eps: float, heads: int, out_scale: float, q_txt: torch.Tensor | None,
+                 k_txt: torch.Tensor | None, wq_txt: torch.Tensor | None, wk_txt: torch.Tensor | None,
+                 eps_txt: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from services.image import qk_norm
+
+    return qk_norm.run(q, k, wq, wk, cos, sin, eps, heads, out_scale, q_txt, k_txt, wq_txt, wk_txt, eps_txt,
+                       traced=True)
