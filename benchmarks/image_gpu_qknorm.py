@@ -1,8 +1,7 @@
-"""What feeds fp8 attention in a FLUX single block, compiled: RMS norm of Q and K per head, RoPE, the e4m3
-casts (services/image/attention_fp8.py) and V's scale. Times diffusers' interleaved RoPE, the flip form
-(services/image/rope.py), the same rotation on half-split head dimensions (a fixed permutation of Q's and K's
-head dimensions leaves every q.k product unchanged) and the one Triton kernel of services/image/qk_norm.py;
-writes inductor's generated code to $OUT.
+"""What feeds fp8 attention in a FLUX single block, compiled as the service compiles it: RMS norm of Q and K
+per head, RoPE, the e4m3 casts (services/image/attention_fp8.py) and V's scale. Times diffusers' interleaved
+RoPE against the same rotation on half-split head dimensions (a fixed permutation of Q's and K's head
+dimensions leaves every q.k product unchanged), and writes inductor's generated code to $OUT.
 
     python benchmarks/image_gpu_qknorm.py
 """
@@ -53,17 +52,6 @@ def producer(qkv, wq, wk, cos, sin, rope, qk_descale):
     return attention_fp8.quantize_qk(q, qk_descale), attention_fp8.quantize_qk(k, qk_descale), v8, v_descale
 
 
-def kernel_producer(qkv, wq, wk, cos, sin, qk_descale):
-    """services/image/qk_norm.py's Triton kernel (what the service runs now) plus V's scale and cast."""
-    from services.image import triton_kernels
-
-    q, k, v = qkv.chunk(3, dim=-1)
-    q8, k8 = triton_kernels.qk_norm_rope(q, k, wq, wk, cos, sin, 1e-6, H, 1 / qk_descale, None, None, None, None,
-                                         0.0)
-    v8, v_descale = attention_fp8.quantize_v(v.unflatten(-1, (H, D)))
-    return q8, k8, v8, v_descale
-
-
 def whole(qkv, wq, wk, cos, sin, rope, qk_descale):
     q, k, v = (x.unflatten(-1, (H, D)) for x in qkv.chunk(3, dim=-1))
     q, k = torch.nn.functional.rms_norm(q, (D,), wq, 1e-6), torch.nn.functional.rms_norm(k, (D,), wk, 1e-6)
@@ -89,8 +77,6 @@ def main() -> None:
             (OUT / f"qknorm_{name.split('+')[0]}_{rope.__name__}.py").write_text("\n\n".join(code))
             ms = bench(lambda c=compiled: c(qkv, wq, wk, cos, sin))
             rows.append((name, rope.__name__, ms))
-    compiled = torch.compile(functools.partial(kernel_producer, qk_descale=qk_descale), fullgraph=True, dynamic=False)
-    rows.append(("producer", "one Triton kernel (qk_norm.py)", bench(lambda: compiled(qkv, wq, wk, cos, sin))))
     x = torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16)
     same = torch.equal(interleaved(x, cos, sin), flipped(x, cos, sin))
     print(f"flipped RoPE bitwise equal to diffusers': {same}")

@@ -207,17 +207,11 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qk_de
               kernel: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """Diffusers' (batch, seq, heads, dim) attention with the default 1/sqrt(dim) softmax scale, in fp8.
     `qk_descale` must bound Q and K: max|element| <= 448 * qk_descale (see qk_bound)."""
-    return attention_quantized_qk(quantize_qk(query, qk_descale), quantize_qk(key, qk_descale), value, qk_descale,
-                                  kernel)
-
-
-def attention_quantized_qk(q8: torch.Tensor, k8: torch.Tensor, value: torch.Tensor, qk_descale: float,
-                           kernel: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
-    """`attention` for Q and K already in e4m3 at qk_descale (services/image/qk_norm.py writes them so)."""
     v8, v_descale = quantize_v(value)
     # o = attention(real values) <= max|v| elementwise, so o / v_descale fits e4m3
-    o8 = (kernel or sdpa_fp8)(q8, k8, v8, qk_descale, v_descale, 1.0 / v_descale, q8.shape[-1] ** -0.5)
-    return (o8.float() * v_descale).to(value.dtype)
+    o8 = (kernel or sdpa_fp8)(quantize_qk(query, qk_descale), quantize_qk(key, qk_descale), v8, qk_descale,
+                              v_descale, 1.0 / v_descale, query.shape[-1] ** -0.5)
+    return (o8.float() * v_descale).to(query.dtype)
 
 
 def reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qk_descale: float) -> torch.Tensor:
@@ -279,7 +273,7 @@ def _dispatcher(original: Callable) -> Callable:
 
 
 def install(transformer: torch.nn.Module, backend: Backend) -> int:
-    """Route every attention processor of the transformer here; returns how many. diffusers' processors call
+    """Route every attention processor of the transformer here; returns how many. Processors call diffusers'
     dispatch_attention_fn through their module's globals, so that name is wrapped there (once); calls whose
     backend is not ours pass through unchanged."""
     count = 0
@@ -287,13 +281,12 @@ def install(transformer: torch.nn.Module, backend: Backend) -> int:
         processor = getattr(module, "processor", None)
         if processor is None or not hasattr(processor, "_attention_backend"):
             continue
-        # diffusers' processor, or the one services/image/qk_norm.py wrapped around it (whose own code routes
-        # Backend itself and falls back to the wrapped one)
-        for owner_of in (processor, getattr(processor, "original", None)):
-            owner = sys.modules[type(owner_of).__module__] if owner_of is not None else None
-            current = getattr(owner, "dispatch_attention_fn", None)
-            if current is not None and not hasattr(current, "modelplat_original"):
-                owner.dispatch_attention_fn = _dispatcher(current)
+        owner = sys.modules[type(processor).__module__]
+        current = getattr(owner, "dispatch_attention_fn", None)
+        if current is None:
+            continue
+        if not hasattr(current, "modelplat_original"):
+            owner.dispatch_attention_fn = _dispatcher(current)
         processor._attention_backend = backend
         count += 1
     return count

@@ -47,8 +47,6 @@ class SpeedOptions:
     long_row_reductions: bool = True  # with compile on a GPU: one-pass rows up to 4096 (services/image/reductions.py)
     fuse_mlp: bool | None = None  # FLUX MLP ends (services/image/mlp.py); default: on with a GPU; True forces it
     fp8_attention: bool | None = None  # cuDNN fp8 attention (services/image/attention_fp8.py); default: with fp8
-    fuse_qk_norm: bool | None = None  # Q/K norm + RoPE kernel (services/image/qk_norm.py); default: with compile
-    # and fuse_qkv on a GPU
     cuda_graph: bool | None = None  # the transformer forward as one CUDA graph (services/image/cuda_graphs.py);
     # default: with compile on a GPU
 
@@ -210,11 +208,6 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
 
         reductions.install()
         done.steps.append("long_row_reductions")
-    if (opts.compile and opts.fuse_qkv and on_gpu) if opts.fuse_qk_norm is None else opts.fuse_qk_norm:
-        from services.image import qk_norm
-
-        if qk_norm.install(transformer):
-            done.steps.append("fuse_qk_norm")
     if opts.compile and on_gpu:
         from services.image import rope
 

@@ -313,60 +313,6 @@ else:
         assert torch.equal(half, apply_rotary_emb(x, (cos, sin), use_real_unbind_dim=-2))
         assert rope.install() == 2 and rope.install() == 2  # FLUX and Ovis modules; idempotent
 
-    @pytest.mark.parametrize("family", ["flux", "ovis"])
-    def test_qk_norm_processor(models: Path, family: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Our processor (one Q/K norm + RoPE op, here its PyTorch arithmetic) gives the transformer's output
-        with diffusers' processors, bf16 attention or fp8; every attention gets it."""
-        from services.image import attention_fp8 as af
-        from services.image import qk_norm
-        from services.image.speed import fuse_qkv
-
-        fp8_calls = []
-        kernel = af.sdpa_fp8
-        monkeypatch.setattr(af, "sdpa_fp8", lambda *a: fp8_calls.append(1) or kernel(*a))
-
-        e = engine(models, family)
-        tr = e.pipe.transformer
-        kw = transformer_inputs(e)
-        fuse_qkv(tr)
-        with torch.inference_mode():
-            ref = tr(**kw)[0]
-            assert qk_norm.install(tr) == len(tr.transformer_blocks) + len(tr.single_transformer_blocks)
-            assert qk_norm.install(tr) == 0  # idempotent
-            out = tr(**kw)[0]
-            af.install(tr, af.Backend(af.qk_bound(tr) / af.E4M3_MAX))
-            lossy = tr(**kw)[0]
-            tr.set_attention_backend("native")
-        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-        assert len(fp8_calls) == len(tr.transformer_blocks) + len(tr.single_transformer_blocks)
-        assert 0 < ((lossy - ref).norm() / ref.norm()).item() < 0.15
-        assert all(isinstance(m.processor, qk_norm.Processor) for m in tr.modules() if hasattr(m, "norm_q"))
-
-    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
-    def test_qk_norm_kernel_gpu() -> None:
-        """The Triton kernel against its PyTorch arithmetic: text + image streams, bf16 and e4m3 out, eager and
-        compiled (the triton_op), FLUX's shapes and a ragged token count."""
-        from services.image import qk_norm, triton_kernels
-
-        torch.manual_seed(0)
-        for b, n_txt, n, h in ((1, 512, 4096, 24), (2, 7, 100, 3)):
-            d = 128
-            img = torch.randn(b, n, 3 * h * d, device="cuda", dtype=torch.bfloat16) * 3
-            txt = torch.randn(b, n_txt, 3 * h * d, device="cuda", dtype=torch.bfloat16)
-            q, k, _ = img.chunk(3, dim=-1)
-            qt, kt, _ = txt.chunk(3, dim=-1)
-            ws = [torch.rand(d, device="cuda", dtype=torch.bfloat16) + 0.5 for _ in range(4)]
-            cos, sin = (torch.randn(n_txt + n, d, device="cuda") for _ in range(2))
-            for scale in (0.0, 448 / (d**0.5 * 1.5)):
-                args = (q, k, ws[0], ws[1], cos, sin, 1e-6, h, scale, qt, kt, ws[2], ws[3], 1e-6)
-                ref = [x.float() for x in qk_norm.reference(*args)]
-                compiled = torch.compile(lambda *a: triton_kernels.qk_norm_rope(*a), fullgraph=True)
-                for outs in (qk_norm.qk_norm_rope(*args), compiled(*args)):
-                    for out, r in zip(outs, ref, strict=True):
-                        assert out.shape == (b, n_txt + n, h, d)
-                        err = ((out.float() - r).norm() / r.norm()).item()
-                        assert err < (3e-2 if scale else 1e-2), (b, n, scale, err)
-
     def test_vae_tiling_toggles(models: Path) -> None:
         e = engine(models, "flux", vae_tiling_above=96)
         e.generate([Job("a cat", 128, 128, 1, 3.5, seed=0)])
