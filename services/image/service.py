@@ -5,6 +5,7 @@ IMAGE_MAX_BATCH (default 1: batching measured no faster on an H100 at 1024px), I
 IMAGE_OUTPUT_DIR (<repo>/.run/image-outputs/<config>), IMAGE_COMPILE_CACHE (<repo>/.run/compile-cache/<config>),
 IMAGE_CFG_BATCH_MAX_PIXELS (Ovis paired CFG up to this many pixels; default max_size^2 when cfg_batch),
 IMAGE_FP8_IMPL (scaled_mm, our own, default | torchao; only with the config's fp8: true),
+IMAGE_CUDA_GRAPHS (4: image shapes whose transformer forward is kept as a CUDA graph; 0 = none),
 IMAGE_LOAD_DELAY_S (tests only: a slower load, to send requests while it runs).
 """
 
@@ -45,6 +46,7 @@ class Settings:
     output_dir: Path
     compile_cache: Path
     cfg_batch_max_pixels: int
+    cuda_graph_shapes: int = 4
 
     @classmethod
     def from_env(cls, cfg: Config) -> Settings:
@@ -60,6 +62,8 @@ class Settings:
             compile_cache=Path(os.environ.get("IMAGE_COMPILE_CACHE", run / "compile-cache" / cfg.name)),
             # measured on an H100: paired CFG 9.08 s vs two passes 9.35 s at 1024px -> on at every size
             cfg_batch_max_pixels=_env_int("IMAGE_CFG_BATCH_MAX_PIXELS", d.max_size**2 if d.cfg_batch else 0),
+            # image shapes whose transformer forward is kept as a CUDA graph (GPU, compile); 0 turns graphs off
+            cuda_graph_shapes=_env_int("IMAGE_CUDA_GRAPHS", 4),
         )
 
 
@@ -85,7 +89,8 @@ def default_loader(cfg: Config, device: str, settings: Settings) -> Any:
 
     d = cfg.diffusers
     opts = speed.SpeedOptions(compile=d.compile, fuse_qkv=d.fuse_qkv, fp8=d.fp8, fp8_attention=d.fp8_attention,
-                              cache_dir=settings.compile_cache, fp8_impl=os.environ.get("IMAGE_FP8_IMPL", "scaled_mm"))
+                              cache_dir=settings.compile_cache, fp8_impl=os.environ.get("IMAGE_FP8_IMPL", "scaled_mm"),
+                              cuda_graph_shapes=settings.cuda_graph_shapes)
     engine = ImageEngine.load(checkpoint_source(cfg, settings.models_dir), d.pipeline, device, d.dtype, opts,
                               max_batch=settings.max_batch, vae_tiling_above=d.vae_tiling_above,
                               cfg_batch_max_pixels=settings.cfg_batch_max_pixels)

@@ -49,6 +49,7 @@ class SpeedOptions:
     fp8_attention: bool | None = None  # cuDNN fp8 attention (services/image/attention_fp8.py); default: with fp8
     cuda_graph: bool | None = None  # the transformer forward as one CUDA graph (services/image/cuda_graphs.py);
     # default: with compile on a GPU
+    cuda_graph_shapes: int = 4  # input shapes kept as graphs (each holds one forward's activations)
 
 
 @dataclass
@@ -219,10 +220,10 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
         # seconds to compile instead of minutes for the whole model.
         transformer.compile_repeated_blocks(fullgraph=True, dynamic=False)
         done.steps.append("compile_blocks")
-    if on_gpu and (opts.compile if opts.cuda_graph is None else opts.cuda_graph):
+    if on_gpu and opts.cuda_graph_shapes > 0 and (opts.compile if opts.cuda_graph is None else opts.cuda_graph):
         from services.image import cuda_graphs
 
-        cuda_graphs.install(transformer)
+        cuda_graphs.install(transformer, opts.cuda_graph_shapes)
         done.steps.append("cuda_graph")
     if opts.compile if opts.compile_vae is None else opts.compile_vae:
         if on_gpu:

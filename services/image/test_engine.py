@@ -274,7 +274,8 @@ else:
         assert sig({"a": x}) is None and sig({"d": {"mask": x}}) is None  # CPU tensors, tensors in dicts
         assert sig({"flag": False, "n": None, "kw": {}}) == (("flag", False), ("kw", ()), ("n", None))
         assert sig({"kw": {"scale": 1.0}}) == (("kw", (("scale", 1.0),)),)
-        assert not graphed.graphs and not graphed.replays
+        assert not graphed.graphs and not graphed.replays and graphed.max_graphs == 4
+        assert cuda_graphs.install(torch.nn.Linear(2, 2), max_graphs=1).max_graphs == 1
         del lin.forward  # the class's forward again
         assert lin.forward.__func__ is torch.nn.Linear.forward
 
