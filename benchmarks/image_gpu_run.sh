@@ -5,7 +5,7 @@
 #   bash benchmarks/image_gpu_run.sh tests attention profile images
 #
 # Steps: tests (GPU tests of services/image), attention (benchmarks/image_gpu_attention.py), qknorm
-# (benchmarks/image_gpu_qknorm.py),
+# (benchmarks/image_gpu_qknorm.py), other (benchmarks/image_gpu_other.py: a FLUX image outside its steps),
 # profile (FLUX forwards of $VARIANTS, kernels by name), images (full FLUX + Ovis fp8 images,
 # then bf16 attention in the same engine), bf16 (FLUX bf16 images), restart (first image in a new process).
 set -uo pipefail
@@ -36,6 +36,7 @@ for step in "$@"; do
              -k "gpu" -rfEs ;;
     attention) run attention python3 benchmarks/image_gpu_attention.py ;;
     qknorm) run qknorm python3 benchmarks/image_gpu_qknorm.py ;;
+    other) run other python3 benchmarks/image_gpu_other.py ;;
     profile) PROFILE_TOP=${PROFILE_TOP:-12} run profile python3 benchmarks/image_gpu_profile.py --family flux \
                --variants "${VARIANTS:-fp8-mlp-persist-graph,fp8-mlp-persist-bf16att-graph,bf16-mlp-persist-graph,bf16-mlp-persist}" ;;
     images) run images python3 benchmarks/image_gpu.py --family both --mode fp8 --cfg-pair --skip-baseline \
