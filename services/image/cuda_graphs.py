@@ -1,10 +1,12 @@
-"""The transformer's whole forward replayed as one CUDA graph (GPU speed path, with compile).
+"""The transformer's whole forward, and each text encoder's, replayed as one CUDA graph (GPU speed path, with
+compile).
 
 Why: a compiled FLUX block still launches ~30 kernels from Python, and an opaque op such as the cuDNN fp8
 attention (services/image/attention_fp8.py) adds a few hundred microseconds of host work per call. Once fp8
 made the GPU work small, the host became the bottleneck: one FLUX fp8 forward took 95.4 ms for 80.4 ms of
 kernels on an H100 (benchmarks/image_gpu_profile.py). Replaying a captured graph costs the host almost
-nothing, so the GPU runs back to back.
+nothing, so the GPU runs back to back. The text encoders (CLIP + T5-XXL for FLUX) run eagerly once per
+image and took 50 ms of a 2.46 s fp8 image, mostly launches (benchmarks/image_gpu_other.py).
 
 How: the first call with a new input signature (shapes, dtypes, non-tensor arguments) runs normally, which
 compiles and builds every kernel; the second captures a graph with static input buffers; later calls copy
@@ -16,6 +18,7 @@ tensors, a failed capture) runs the plain forward, so a graph can make a call fa
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +33,23 @@ log = logging.getLogger("image.cuda_graphs")
 class _Graph:
     graph: torch.cuda.CUDAGraph
     inputs: dict[str, torch.Tensor]  # static buffers, by argument name
-    output: tuple[torch.Tensor, ...]
+    output: Any  # the forward's own output (a tensor, a tuple of them, or a transformers ModelOutput)
+
+    def result(self) -> Any:
+        """A copy of the static output, in the forward's own type (the next replay overwrites the buffers)."""
+        out = self.output
+        if isinstance(out, torch.Tensor):
+            return out.clone()
+        if isinstance(out, dict):  # transformers' ModelOutput: callers read fields by name or index
+            return type(out)(**{k: v.clone() for k, v in out.items()})
+        return type(out)(t.clone() for t in out)
+
+
+def _tensors_only(out: Any) -> bool:
+    if isinstance(out, torch.Tensor):
+        return True
+    values = out.values() if isinstance(out, dict) else out if isinstance(out, tuple | list) else None
+    return values is not None and all(isinstance(t, torch.Tensor) for t in values)
 
 
 def _signature(kwargs: dict[str, Any]) -> tuple | None:
@@ -59,11 +78,12 @@ def _frozen(value: Any) -> Any:
 
 
 class GraphedForward:
-    """Callable that stands in for a module's forward (keyword arguments only, as diffusers' pipelines
-    call their transformers)."""
+    """Callable that stands in for a module's forward: the transformer's, which pipelines call with keyword
+    arguments, or a text encoder's, which they call with the token ids first."""
 
     def __init__(self, forward: Callable[..., Any], max_graphs: int = 4) -> None:
         self.forward = forward
+        self.signature = inspect.signature(forward)
         self.max_graphs = max_graphs
         self.graphs: collections.OrderedDict[tuple, _Graph] = collections.OrderedDict()
         self.seen: set[tuple] = set()
@@ -76,10 +96,23 @@ class GraphedForward:
         self.seen.clear()
         self.refused.clear()
 
+    def _by_name(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """Every argument by its parameter name; None when that cannot be done plainly (*args, **kwargs)."""
+        if not args:
+            return kwargs
+        try:
+            bound = self.signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            return None
+        plain = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return bound if all(self.signature.parameters[n].kind in plain for n in bound) else None
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key = None if args or torch.is_grad_enabled() else _signature(kwargs)
+        named = None if torch.is_grad_enabled() else self._by_name(args, kwargs)
+        key = None if named is None else _signature(named)
         if key is None or key in self.refused or torch.cuda.is_current_stream_capturing():
             return self.forward(*args, **kwargs)
+        kwargs = named
         entry = self.graphs.get(key)
         if entry is None:
             if key not in self.seen:  # first call: compile and build kernels outside any capture
@@ -93,7 +126,7 @@ class GraphedForward:
             buf.copy_(kwargs[name])
         entry.graph.replay()
         self.replays += 1
-        return tuple(t.clone() for t in entry.output)
+        return entry.result()
 
     def _capture(self, key: tuple, kwargs: dict[str, Any]) -> _Graph | None:
         inputs = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
@@ -108,20 +141,20 @@ class GraphedForward:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 out = self.forward(**static)
-        except Exception:  # something in the forward cannot be captured: this signature stays eager
-            log.exception("CUDA graph capture failed; this input signature runs without one")
+        except Exception as e:  # something in the forward cannot be captured (a host sync): stays eager
+            log.warning("no CUDA graph for %s: %s: %s", getattr(self.forward, "__qualname__", "a forward"),
+                        type(e).__name__, str(e)[:200])
             self.refused.add(key)
             return None
-        if isinstance(out, torch.Tensor):
-            out = (out,)
-        if not isinstance(out, tuple | list) or not all(isinstance(t, torch.Tensor) for t in out):
+        if not _tensors_only(out):
             self.refused.add(key)
             return None
         while len(self.graphs) >= self.max_graphs:
             self.graphs.popitem(last=False)
-        entry = _Graph(graph, inputs, tuple(out))
+        entry = _Graph(graph, inputs, out)
         self.graphs[key] = entry
-        log.info("captured a CUDA graph of the transformer for %s", [k[:2] for k in key if len(k) > 2])
+        log.info("captured a CUDA graph of %s for %s", getattr(self.forward, "__qualname__", "a forward"),
+                 [k[:2] for k in key if len(k) > 2])
         return entry
 
 

@@ -224,6 +224,9 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
         from services.image import cuda_graphs
 
         cuda_graphs.install(transformer, opts.cuda_graph_shapes)
+        for name in ("text_encoder", "text_encoder_2"):  # one prompt length each: one graph
+            if getattr(pipe, name, None) is not None:
+                cuda_graphs.install(getattr(pipe, name), 2)
         done.steps.append("cuda_graph")
     if opts.compile if opts.compile_vae is None else opts.compile_vae:
         if on_gpu:

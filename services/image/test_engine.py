@@ -276,6 +276,8 @@ else:
         assert sig({"kw": {"scale": 1.0}}) == (("kw", (("scale", 1.0),)),)
         assert not graphed.graphs and not graphed.replays and graphed.max_graphs == 4
         assert cuda_graphs.install(torch.nn.Linear(2, 2), max_graphs=1).max_graphs == 1
+        assert graphed._by_name((x,), {}) == {"input": x}  # a text encoder's token ids come first
+        assert cuda_graphs.GraphedForward(lambda *a, **kw: a)._by_name((x,), {}) is None
         del lin.forward  # the class's forward again
         assert lin.forward.__func__ is torch.nn.Linear.forward
 
@@ -291,10 +293,15 @@ else:
         job = Job("a cat", 64, 64, 4, 5.0 if family == "ovis" else 3.5, seed=1)
         plain = e.generate([job])[0].images[0]
         graphed = cuda_graphs.install(e.pipe.transformer)
-        out = e.generate([job])[0].images[0]
+        encoders = [cuda_graphs.install(enc) for enc in (e.pipe.text_encoder, getattr(e.pipe, "text_encoder_2", None))
+                    if enc is not None]
+        for _ in range(3):  # the text encoders run once an image: eager, captured, replayed
+            out = e.generate([job])[0].images[0]
+            assert np.abs(pixels(out) - pixels(plain)).max() <= 1
         assert graphed.replays >= 2 and len(graphed.graphs) == 1
         assert e.pipe.transformer.forward is graphed  # CFG pairing put it back
-        assert np.abs(pixels(out) - pixels(plain)).max() <= 1
+        for enc in encoders:  # replayed, or refused at capture (a host sync in its code) and run eagerly
+            assert enc.replays >= 1 or enc.refused, enc.forward
 
     def test_rope_flip_is_diffusers_rope() -> None:
         """services/image/rope.py computes diffusers' interleaved RoPE bit for bit, both sequence layouts,
