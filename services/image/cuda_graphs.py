@@ -97,15 +97,23 @@ class GraphedForward:
         self.refused.clear()
 
     def _by_name(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
-        """Every argument by its parameter name; None when that cannot be done plainly (*args, **kwargs)."""
+        """Every argument by its parameter name; None when the forward takes *args."""
         if not args:
             return kwargs
         try:
             bound = self.signature.bind_partial(*args, **kwargs).arguments
         except TypeError:
             return None
-        plain = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        return bound if all(self.signature.parameters[n].kind in plain for n in bound) else None
+        named: dict[str, Any] = {}
+        for name, value in bound.items():
+            kind = self.signature.parameters[name].kind
+            if kind == inspect.Parameter.VAR_KEYWORD:  # transformers' **kwargs (output_hidden_states=...)
+                named.update(value)
+            elif kind == inspect.Parameter.VAR_POSITIONAL:
+                return None
+            else:
+                named[name] = value
+        return named
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         named = None if torch.is_grad_enabled() else self._by_name(args, kwargs)

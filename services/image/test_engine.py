@@ -278,6 +278,9 @@ else:
         assert cuda_graphs.install(torch.nn.Linear(2, 2), max_graphs=1).max_graphs == 1
         assert graphed._by_name((x,), {}) == {"input": x}  # a text encoder's token ids come first
         assert cuda_graphs.GraphedForward(lambda *a, **kw: a)._by_name((x,), {}) is None
+        kw_only = cuda_graphs.GraphedForward(lambda input_ids=None, **kw: input_ids)  # transformers' forwards
+        assert kw_only._by_name((x,), {"output_hidden_states": False}) == {"input_ids": x,
+                                                                          "output_hidden_states": False}
         del lin.forward  # the class's forward again
         assert lin.forward.__func__ is torch.nn.Linear.forward
 
