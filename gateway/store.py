@@ -91,6 +91,33 @@ def retry_after(now: float | None = None) -> int:
     return max(1, math.ceil(window_now(now)[1]))
 
 
+STOP_RETRY_S = 0.1  # how long one cancel of a background task is given before the next
+STOP_LIMIT_S = 10.0  # after this, a background task that will not end is logged and left behind
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background loop and wait, boundedly, until it has ended.
+
+    One cancel is not always enough: on Python 3.11, `asyncio.wait_for` (redis-py wraps every socket
+    write in it) returns the write's result instead of raising when the cancel lands just as the write
+    completes (CPython gh-86296). The loop then runs on, and awaiting it hangs the caller (a gateway
+    shutdown, a test's teardown) forever. So the task is cancelled again until it ends.
+    """
+    if task is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STOP_LIMIT_S
+    while not task.done() and loop.time() < deadline:
+        task.cancel()
+        await asyncio.wait([task], timeout=STOP_RETRY_S)
+    if not task.done():
+        log.error("background task %s did not stop within %g s of cancelling; left running",
+                  task.get_name(), STOP_LIMIT_S)
+        return
+    with contextlib.suppress(asyncio.CancelledError):
+        await task  # done: returns at once, raising what the loop raised (a bug) as before
+
+
 class MemoryStore:
     """The single-replica store: same operations and results as `RedisStore`, kept in this process."""
 
@@ -264,10 +291,7 @@ class ResilientStore:
 
     async def close(self) -> None:
         for task in (self._probe, self._beat):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await stop_task(task)
         if self.redis is not None:
             await self.redis.close()
 
@@ -364,11 +388,8 @@ class Periodic:
         self._task = asyncio.create_task(loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
 
 class InflightBoard:

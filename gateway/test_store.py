@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from gateway.store import InflightBoard, MemoryStore, RedisStore, ResilientStore
+from gateway import store as store_mod
+from gateway.store import InflightBoard, MemoryStore, Periodic, RedisStore, ResilientStore
 
 
 def free_port() -> int:
@@ -169,3 +170,46 @@ async def test_no_redis_url_means_memory(monkeypatch):
     store = from_env()
     assert store.kind == "memory" and store.redis is None
     assert await store.admit("k", 1, 0) == (0, 1)
+
+
+class LosesOneCancel:
+    """A call that, from its `from_call`-th call on, waits until cancelled and loses the first cancel it
+    gets: what Python 3.11's asyncio.wait_for (around redis-py's socket writes) does when the cancel
+    lands just as the write completes (CPython gh-86296), here made certain instead of a rare race."""
+
+    def __init__(self, from_call: int = 1) -> None:
+        self.from_call, self.calls, self.lost = from_call, 0, False
+        self.waiting = asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        if self.calls < self.from_call:
+            return
+        self.waiting.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if self.lost:
+                raise
+            self.lost = True
+
+
+async def test_periodic_stops_although_a_round_lost_its_cancel():
+    round_ = LosesOneCancel()
+    periodic = Periodic(lambda: 0)
+    periodic.start(round_)
+    await round_.waiting.wait()
+    await periodic.stop()  # before: awaited forever the loop that went on to its next round
+    assert round_.lost
+
+
+async def test_resilient_store_closes_although_a_heartbeat_lost_its_cancel(monkeypatch):
+    monkeypatch.setattr(store_mod, "HEARTBEAT_EVERY_S", 0)
+    redis = RedisStore("redis://127.0.0.1:1/0")  # never reached: only its heartbeat is called
+    beat = LosesOneCancel(from_call=2)  # the first heartbeat is start()'s own
+    monkeypatch.setattr(redis, "heartbeat", beat)
+    store = ResilientStore(redis)
+    await store.start()
+    await beat.waiting.wait()
+    await store.close()  # before: awaited forever the heartbeat loop
+    assert beat.lost

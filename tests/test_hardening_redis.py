@@ -44,7 +44,9 @@ async def until(condition, what: str, limit_s: float = 60) -> None:
 
 @contextlib.asynccontextmanager
 async def replicas(monkeypatch, redis: RedisServer, n: int = 2, **env: str) -> AsyncIterator[list[httpx.AsyncClient]]:
-    clean_env(monkeypatch, REDIS_URL=redis.url, GATEWAY_API_KEYS=KEY, REDIS_TIMEOUT_S="0.3", **env)
+    # A generous Redis timeout: a loaded CI machine can stall a round trip past a short one, and the replicas
+    # would fall back to memory mid-test. A stopped redis-server is seen at once anyway (refused / reset).
+    clean_env(monkeypatch, REDIS_URL=redis.url, GATEWAY_API_KEYS=KEY, REDIS_TIMEOUT_S="5", **env)
     fakes = [FakeBackend(chunks=40), FakeBackend(chunks=40)]
     urls = [await f.start() for f in fakes]
     clients = []
