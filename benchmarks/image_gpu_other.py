@@ -1,7 +1,8 @@
-"""What a FLUX image costs outside its denoising steps (text encoders, VAE decode, post-processing), with
-the service's fp8 speed path: each stage of the pipeline timed with a device sync around it.
+"""What a FLUX image costs outside its denoising steps (text encoders, VAE decode, conversion to PIL), with
+the service's speed path: each stage of the pipeline timed with a device sync around it, the kernels of the
+two GPU stages, and the variants measured for them.
 
-    python benchmarks/image_gpu_other.py [--mode fp8|bf16]
+    python benchmarks/image_gpu_other.py [--mode fp8|bf16] [--variants]
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
+from services.image import engine as engine_mod
 from services.image.engine import ImageEngine
 from services.image.jobs import Job
 from services.image.speed import SpeedOptions
 from services.image.tiny_pipelines import build
 
 CACHE = Path(os.environ.get("IMAGE_COMPILE_CACHE", "/tmp/image-compile-cache"))
+PROMPT = "a photo of a red fox in the snow"
 
 
 def timed(times: dict[str, list[float]], name: str, fn):
@@ -39,28 +42,87 @@ def timed(times: dict[str, list[float]], name: str, fn):
     return wrapper
 
 
+def ms(fn, reps: int = 5) -> float:
+    """Median wall milliseconds of fn() with a device sync on both sides, after two calls (compile, capture)."""
+    fn(), fn()
+    out = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        out.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(out)
+
+
+def kernels(name: str, fn, top: int = 10) -> None:
+    """One call under the profiler: GPU kernels summed by name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = collections.defaultdict(lambda: [0.0, 0])
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            rows[ev.name][0] += ev.device_time_total / 1000
+            rows[ev.name][1] += 1
+    busy = sum(r[0] for r in rows.values())
+    print(f"\n{name}: GPU busy {busy:.2f} ms in {sum(r[1] for r in rows.values())} kernels")
+    print("| kernel | ms | calls |\n|---|---|---|")
+    for k, (t, n) in sorted(rows.items(), key=lambda kv: -kv[1][0])[:top]:
+        print(f"| {k[:90]} | {t:.2f} | {n} |")
+
+
+def variants(pipe, latents: torch.Tensor) -> None:
+    """The alternatives measured for the outside stages, against the service's current choice."""
+    print("\n| stage | variant | ms |\n|---|---|---|")
+    decode = lambda: pipe.vae.decode(latents, return_dict=False)[0]  # noqa: E731
+    print(f"| vae.decode | service (compiled, channels_last) | {ms(decode):.1f} |")
+    torch.backends.cudnn.benchmark = True
+    print(f"| vae.decode | + cudnn.benchmark | {ms(decode):.1f} |")
+    torch.backends.cudnn.benchmark = False
+    image = pipe.image_processor.postprocess(decode(), output_type="pt")
+    host = ms(lambda: pipe.image_processor.postprocess(image, output_type="pil"))
+    print(f"| to PIL | diffusers (numpy on the host) | {host:.1f} |")
+    print(f"| to PIL | service (on the GPU, then bytes) | {ms(lambda: engine_mod.to_pil(image)):.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["fp8", "bf16"], default="fp8")
+    ap.add_argument("--variants", action="store_true", help="also time the alternatives and list kernels")
     a = ap.parse_args()
     pipe = build("flux", "full", "cuda", torch.bfloat16)
     opts = SpeedOptions(compile=True, fuse_qkv=True, fp8=a.mode == "fp8", cache_dir=CACHE)
     engine = ImageEngine.from_pipeline(pipe, "flux", "cuda", opts, vae_tiling_above=1536)
     engine.warmup(1024, 1024)
     times: dict[str, list[float]] = collections.defaultdict(list)
-    pipe.encode_prompt = timed(times, "encode_prompt (CLIP + T5)", pipe.encode_prompt)
-    pipe.vae.decode = timed(times, "vae.decode", pipe.vae.decode)
-    pipe.image_processor.postprocess = timed(times, "postprocess (to PIL)", pipe.image_processor.postprocess)
+    encode, decode = pipe.encode_prompt, pipe.vae.decode
+    pipe.encode_prompt = timed(times, "encode_prompt (CLIP + T5)", encode)
+    pipe.vae.decode = timed(times, "vae.decode", decode)
+    to_pil = engine_mod.to_pil
+    engine_mod.to_pil = timed(times, "to PIL", to_pil)
     totals = []
     for seed in range(3):
         t0 = time.perf_counter()
-        res = engine.generate([Job("a photo of a red fox in the snow", 1024, 1024, 28, 3.5, seed=seed)])[0]
+        res = engine.generate([Job(PROMPT, 1024, 1024, 28, 3.5, seed=seed)])[0]
         totals.append((time.perf_counter() - t0, res.step_seconds))
+    pipe.encode_prompt, pipe.vae.decode, engine_mod.to_pil = encode, decode, to_pil
     print(f"| stage ({a.mode}) | ms (median of 3) |\n|---|---|")
     for name, ts in times.items():
         print(f"| {name} | {statistics.median(ts) * 1000:.1f} |")
     total, step = min(totals)
     print(f"| whole image | {total * 1000:.1f} |\n| 28 x mean step | {28 * step * 1000:.1f} |")
+    if a.variants:
+        with torch.inference_mode():  # as in the pipeline (the text encoders' graphs need it)
+            kernels("encode_prompt, service", lambda: pipe.encode_prompt(PROMPT, PROMPT, device="cuda",
+                                                                         max_sequence_length=512))
+            latents = torch.randn(1, 16, 128, 128, device="cuda", dtype=torch.bfloat16)
+            kernels("vae.decode, service", lambda: pipe.vae.decode(latents, return_dict=False)[0])
+            variants(pipe, latents)
 
 
 if __name__ == "__main__":

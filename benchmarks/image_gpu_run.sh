@@ -5,9 +5,10 @@
 #   bash benchmarks/image_gpu_run.sh tests attention profile images
 #
 # Steps: tests (GPU tests of services/image), attention (benchmarks/image_gpu_attention.py), qknorm
-# (benchmarks/image_gpu_qknorm.py), other (benchmarks/image_gpu_other.py: a FLUX image outside its steps),
+# (benchmarks/image_gpu_qknorm.py), vae (benchmarks/image_gpu_vae.py: ways to compile the VAE decode), other (benchmarks/image_gpu_other.py: a FLUX image outside its steps),
 # profile (FLUX forwards of $VARIANTS, kernels by name), images (full FLUX + Ovis fp8 images,
 # then bf16 attention in the same engine), bf16 (FLUX bf16 images), restart (first image in a new process).
+# CLOCKS=1: sample the GPU's clock, power and throttle reasons meanwhile (summary at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/image-gpu}
@@ -22,12 +23,25 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 
+if [ -n "${CLOCKS:-}" ]; then  # sample SM clock, power and throttle reasons while the steps run
+  nvidia-smi --query-gpu=clocks.sm,power.draw,power.limit,temperature.gpu,clocks_event_reasons.active \
+    --format=csv,noheader,nounits -lms 500 > "$OUT/clocks.csv" &
+  CLOCKS_PID=$!
+  trap 'kill $CLOCKS_PID 2>/dev/null' EXIT
+fi
+
 run() {  # name, command...: log to $OUT/<name>.log, keep going on failure
   local name=$1; shift
   echo "=== $name: $*"
-  local t=$SECONDS
+  local t=$SECONDS rc n0
+  n0=$(cat "$OUT/clocks.csv" 2>/dev/null | wc -l)
   "$@" 2>&1 | tee "$OUT/$name.log" | grep -v "^\s*$" | tail -n "${TAIL:-40}"
-  echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t)) s"
+  rc=${PIPESTATUS[0]}
+  if [ -n "${CLOCKS:-}" ]; then
+    tail -n +$((n0 + 1)) "$OUT/clocks.csv" > "/tmp/clocks_$name.csv"
+    python3 benchmarks/image_gpu_clocks.py "/tmp/clocks_$name.csv"
+  fi
+  echo "=== $name: exit $rc after $((SECONDS - t)) s"
 }
 
 for step in "$@"; do
@@ -36,7 +50,8 @@ for step in "$@"; do
              -k "gpu" -rfEs ;;
     attention) run attention python3 benchmarks/image_gpu_attention.py ;;
     qknorm) run qknorm python3 benchmarks/image_gpu_qknorm.py ;;
-    other) run other python3 benchmarks/image_gpu_other.py ;;
+    vae) run vae python3 benchmarks/image_gpu_vae.py ;;
+    other) TAIL=${TAIL:-90} run other python3 benchmarks/image_gpu_other.py --variants ;;
     profile) PROFILE_TOP=${PROFILE_TOP:-12} run profile python3 benchmarks/image_gpu_profile.py --family flux \
                --variants "${VARIANTS:-fp8-mlp-persist-graph,fp8-mlp-persist-bf16att-graph,bf16-mlp-persist-graph,bf16-mlp-persist}" ;;
     images) run images python3 benchmarks/image_gpu.py --family both --mode fp8 --cfg-pair --skip-baseline \

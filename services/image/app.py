@@ -10,6 +10,7 @@ GET  /v1/models               what this service serves
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -33,6 +34,12 @@ def png_bytes(image: Any) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+async def encoded(images: list[Any]) -> list[bytes]:
+    """PNG bytes, encoded in a worker thread: a 1024px image takes 0.1 s or more of zlib, and on the event
+    loop that would stall every other request (health checks and metrics included)."""
+    return await asyncio.to_thread(lambda: [png_bytes(im) for im in images])
 
 
 def public_base(request: Request) -> str:
@@ -90,8 +97,7 @@ def create_app(svc: ImageService) -> FastAPI:
                         body.negative_prompt, cfg.diffusers)
         result = await run(job, "openai")
         data = []
-        for img, seed in zip(result.images, result.seeds, strict=True):
-            png = png_bytes(img)
+        for png, seed in zip(await encoded(result.images), result.seeds, strict=True):
             if body.response_format == "url":
                 url = f"{public_base(request)}/v1/images/files/{svc.store.save(png)}"
                 data.append(ImageData(url=url, seed=seed))
@@ -111,7 +117,7 @@ def create_app(svc: ImageService) -> FastAPI:
         job = validated(make_job, body.prompt, body.image_size, 1, body.denoising_steps, body.cfg_scale,
                         body.seed, body.negative_prompt, cfg.diffusers, names)
         result = await run(job, "simple")
-        filename = svc.store.save(png_bytes(result.images[0]))
+        filename = svc.store.save((await encoded(result.images[:1]))[0])
         return SimpleResult(filename=filename, url=f"/outputs/{filename}", seed=result.seeds[0],
                             image_size=f"{job.width}x{job.height}", seconds=round(result.seconds, 3))
 

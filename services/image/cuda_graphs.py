@@ -139,6 +139,7 @@ class GraphedForward:
     def _capture(self, key: tuple, kwargs: dict[str, Any]) -> _Graph | None:
         inputs = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
         static = {**kwargs, **inputs}
+        rng = [(g, g.clone_state()) for g in torch.cuda.default_generators]
         try:
             # one more run on a side stream first, as PyTorch's capture recipe asks (lazy state settles)
             side = torch.cuda.Stream()
@@ -147,9 +148,13 @@ class GraphedForward:
                 self.forward(**static)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # Compiling inside a capture cannot work (inductor reads values back): a forward that would
+            # recompile here fails at once, cleanly, and stays uncaptured.
+            with torch.compiler.set_stance("fail_on_recompile"), torch.cuda.graph(graph):
                 out = self.forward(**static)
         except Exception as e:  # something in the forward cannot be captured (a host sync): stays eager
+            for generator, state in rng:  # an aborted capture leaves the CUDA RNG in capture mode
+                generator.graphsafe_set_state(state)
             log.warning("no CUDA graph for %s: %s: %s", getattr(self.forward, "__qualname__", "a forward"),
                         type(e).__name__, str(e)[:200])
             self.refused.add(key)

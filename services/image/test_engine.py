@@ -306,6 +306,23 @@ else:
         for enc in encoders:  # replayed, or refused at capture (a host sync in its code) and run eagerly
             assert enc.replays >= 1 or enc.refused, enc.forward
 
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
+    def test_cuda_graph_refusal_gpu() -> None:
+        """A forward that cannot be captured (a host sync) stays eager, gives its normal result, and the
+        aborted capture leaves the CUDA RNG usable."""
+        from services.image import cuda_graphs
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return x * float(x.sum().item() > 0) + torch.rand_like(x) * 0
+
+        graphed = cuda_graphs.GraphedForward(forward)
+        x = torch.ones(4, device="cuda")
+        with torch.inference_mode():
+            for _ in range(3):
+                assert torch.equal(graphed(x), x)
+        assert graphed.refused and not graphed.graphs
+        torch.randn(2, device="cuda")
+
     def test_rope_flip_is_diffusers_rope() -> None:
         """services/image/rope.py computes diffusers' interleaved RoPE bit for bit, both sequence layouts,
         and hands every other variant to diffusers."""
@@ -330,6 +347,57 @@ else:
         assert e.pipe.vae.use_tiling
         e.generate([Job("a cat", 64, 64, 1, 3.5, seed=0)])
         assert not e.pipe.vae.use_tiling
+
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_built_pipelines_are_in_eval_mode(family: str) -> None:
+        """As from_pretrained leaves them: T5's dropout must not run in a benchmark."""
+        from services.image.tiny_pipelines import build
+
+        modules = [m for m in build(family).components.values() if isinstance(m, torch.nn.Module)]
+        assert modules and not any(m.training for top in modules for m in top.modules())
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_compiled_text_encoders_gpu(models: Path, family: str) -> None:
+        """Text encoders compiled and graphed give the eager prompt embeddings, and replay (Ovis too: no KV cache)."""
+        from services.image import cuda_graphs
+        from services.image.speed import compile_text_encoders, text_encoders
+
+        e = ImageEngine.load(models / f"tiny-{family}", family, "cuda", "bfloat16", SpeedOptions())
+        prompt = ["a cat on a mat"]
+
+        def encode():
+            with torch.inference_mode():
+                out = e.pipe.encode_prompt(prompt, prompt, device="cuda") if family == "flux" else \
+                    e.pipe.encode_prompt(prompt, device="cuda")
+            return [t.float() for t in out if isinstance(t, torch.Tensor)]
+
+        plain = encode()
+        assert compile_text_encoders(e.pipe) == (2 if family == "flux" else 1)
+        graphs = [cuda_graphs.install(enc, 2) for enc in text_encoders(e.pipe)]  # around the compiled forward
+        for _ in range(3):  # compile, capture, replay
+            for a, b in zip(encode(), plain, strict=True):
+                torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+        assert all(g.replays >= 1 and not g.refused for g in graphs), [(g.replays, g.refused) for g in graphs]
+        torch.randn(2, device="cuda")  # the CUDA RNG is usable afterwards
+
+    def test_to_pil_is_diffusers_pil() -> None:
+        """The engine's PIL conversion gives diffusers' "pil" output byte for byte (bf16 and float32 decodes,
+        values beyond [-1, 1] and exactly on the x.5 rounding ties)."""
+        from diffusers.image_processor import VaeImageProcessor
+
+        from services.image.engine import to_pil
+
+        proc = VaeImageProcessor()
+        torch.manual_seed(0)
+        ties = (torch.arange(256.0) + 0.5) / 255 * 2 - 1  # 255 x (x/2 + 1/2) lands on k + 0.5
+        for dtype in (torch.bfloat16, torch.float32):
+            decoded = (torch.randn(2, 3, 48, 32) * 1.2).to(dtype)
+            decoded[0, 0, 0, :] = ties[:32].to(dtype)
+            ours = to_pil(proc.postprocess(decoded, output_type="pt"))
+            theirs = proc.postprocess(decoded, output_type="pil")
+            assert [np.asarray(im).tobytes() for im in ours] == [np.asarray(im).tobytes() for im in theirs]
+            assert ours[0].mode == theirs[0].mode == "RGB"
 
     def test_fp8_linear_close_to_bf16() -> None:
         torch.manual_seed(0)

@@ -129,4 +129,10 @@ def build_ovis(scale: str = "tiny", device: str = "cpu", dtype: torch.dtype = to
 def build(family: str, scale: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    return (build_flux if family == "flux" else build_ovis)(scale, device, dtype)
+    pipe = (build_flux if family == "flux" else build_ovis)(scale, device, dtype)
+    for module in pipe.components.values():
+        # Constructors leave modules in training mode; from_pretrained, which the service uses, does not.
+        # T5's dropout (rate 0.1) would otherwise run in every benchmarked text encoding.
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    return pipe

@@ -1,0 +1,72 @@
+"""The VAE decode of a 1024px FLUX / Ovis image (the same 16-channel VAE), in the ways it could be compiled:
+which one the service should use. Only the VAE is built (random weights), so this runs in a minute.
+
+    python benchmarks/image_gpu_vae.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from services.image import reductions
+from services.image.tiny_pipelines import _build_on, _vae
+
+
+def ms(fn, reps: int = 7) -> float:
+    fn(), fn()
+    out = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        out.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(out)
+
+
+def main() -> None:
+    with _build_on("cuda", torch.bfloat16):
+        vae = _vae("full").eval()
+    latents = torch.randn(1, 16, 128, 128, device="cuda", dtype=torch.bfloat16)
+    decode = lambda: vae.decode(latents, return_dict=False)[0]  # noqa: E731
+    cases = [  # name, channels_last, compile, long-row reduction handler, grad context
+        ("eager", True, False, False, torch.inference_mode),
+        ("compiled, NCHW", False, True, False, torch.inference_mode),
+        ("compiled, channels_last", True, True, False, torch.inference_mode),
+        ("compiled, channels_last, long-row reductions (service)", True, True, True, torch.inference_mode),
+        ("compiled, channels_last, long-row reductions, no_grad", True, True, True, torch.no_grad),
+        ("compiled, channels_last, no_grad", True, True, False, torch.no_grad),
+    ]
+    ref = None
+    print("| VAE decode, 1024px, bf16 | ms |\n|---|---|")
+    for name, channels_last, compiled, long_rows, grad in cases:
+        torch._dynamo.reset()
+        from torch._inductor.choices import InductorChoices
+        from torch._inductor.virtualized import V
+
+        if long_rows:
+            reductions.install()
+        else:
+            V.set_choices_handler(InductorChoices())
+        vae.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        vae.decoder._compiled_call_impl = None
+        if compiled:
+            vae.decoder.compile(dynamic=False)
+        with grad() if grad is not None else contextlib.nullcontext():
+            t = ms(decode)
+            out = decode().float()
+        ref = out if ref is None else ref
+        err = ((out - ref).norm() / ref.norm()).item()
+        print(f"| {name} | {t:.1f} (rel. diff to eager {err:.1e}) |")
+
+
+if __name__ == "__main__":
+    main()
