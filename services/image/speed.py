@@ -10,7 +10,8 @@ Measured on H100s with benchmarks/image_gpu.py (full pipelines, 1024px), FLUX.1-
 bf16 -> 135 ms fused QKV + regional compile -> 129 ms with the MLP ends rewired (services/image/mlp.py) ->
 92-94 ms with fp8 matmuls (services/image/fp8.py) -> 84.5-87.7 ms with cuDNN's fp8 attention
 (services/image/attention_fp8.py) under a CUDA graph (services/image/cuda_graphs.py), which the fp8
-attention needs: its host work per call made the forward wait on the CPU without one. fp8 is LOSSY
+attention needs: its host work per call made the forward wait on the CPU without one. Outside the steps the
+text encoders are compiled and graphed too (37 -> 21 ms an image). fp8 is LOSSY
 (dynamic per-row float8 matmuls with fast accumulation; Q, K, V, softmax weights and attention output in
 e4m3): images differ from bf16; it is off unless the config's `diffusers.fp8` is true, and
 `diffusers.fp8_attention: false` keeps bf16 attention within it. Outside the fp8 attention, the attention
