@@ -233,10 +233,11 @@ def check_prompt(h: Hardening | None, config: Config, path: str, raw: bytes | No
 
 
 class StreamSlot:
-    """One of the caller's concurrent stream slots; released exactly once, when the stream closes."""
+    """One of the caller's concurrent stream slots; released exactly once, when the stream closes, to
+    the store that granted it (`granted_by`: Redis may have gone or come back since)."""
 
-    def __init__(self, store: ResilientStore, name: str) -> None:
-        self.store, self.name, self.released = store, name, False
+    def __init__(self, store: ResilientStore, name: str, granted_by: str) -> None:
+        self.store, self.name, self.granted_by, self.released = store, name, granted_by, False
 
     def release(self) -> None:
         if not self.released:
@@ -245,7 +246,7 @@ class StreamSlot:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # released by garbage collection outside the loop: nothing to schedule on
                 return
-            task = loop.create_task(self.store.release(self.name))
+            task = loop.create_task(self.store.release(self.name, self.granted_by))
             _BACKGROUND.add(task)
             task.add_done_callback(_BACKGROUND.discard)
 
@@ -263,12 +264,13 @@ async def stream_slot(h: Hardening | None, is_stream: Callable[[], bool]) -> Str
     if limit <= 0 or not is_stream():
         return None
     name = f"streams:{caller.id}"
-    if not await h.store.acquire(name, limit):
+    granted_by = await h.store.acquire(name, limit)
+    if granted_by is None:
         err = RateLimited(f"Too many concurrent streams for this API key (limit {limit}); wait for one to finish.",
                           headers={"Retry-After": "1"})
         err.limit = "streams"  # type: ignore[attr-defined]  # the metrics label
         raise err
-    return StreamSlot(h.store, name)
+    return StreamSlot(h.store, name, granted_by)
 
 
 # ---------------------------------------------------------------- the middleware

@@ -7,7 +7,8 @@ routing hold across replicas. Without it, `MemoryStore` gives the same behaviour
 
 Counts that belong to one replica (slots, in-flight) are kept per replica (a hash field per replica
 id) and only replicas whose heartbeat key is alive are summed, so a crashed replica's counts vanish
-with its heartbeat instead of leaking forever.
+with its heartbeat instead of leaking forever. A slot is given back to the store that granted it; a
+Redis slot given back while Redis is away is settled when it returns (`ResilientStore._settle_slots`).
 """
 
 from __future__ import annotations
@@ -163,6 +164,17 @@ class MemoryStore:
     async def usage_all(self) -> dict[str, dict[str, int]]:
         return {k: dict(v) for k, v in self._usage.items()}
 
+    def take_usage(self) -> dict[str, dict[str, int]]:
+        """Hand over every usage total and start from zero (Redis takes them over on recovery)."""
+        taken, self._usage = self._usage, defaultdict(lambda: defaultdict(int))
+        return {k: dict(v) for k, v in taken.items()}
+
+    def put_back_usage(self, usage: dict[str, dict[str, int]]) -> None:
+        """Totals that could not be handed over after all, added to what was counted meanwhile."""
+        for key, counts in usage.items():
+            for name, n in counts.items():
+                self._usage[key][name] += n
+
     async def acquire(self, name: str, limit: int) -> bool:
         if self._slots[name] >= limit:
             return False
@@ -249,6 +261,17 @@ class RedisStore:
         raw = await self.redis.hgetall(f"{PREFIX}slots:{name}")
         return sum(int(v) for v in raw.values())
 
+    async def set_slots(self, held: dict[str, int]) -> None:
+        """Set this replica's count of each slot name to what it holds. Absolute, not a decrement: it is
+        right whether or not a lost release (or acquire) ran before its reply was lost, and can be repeated."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name, n in held.items():
+            if n > 0:
+                pipe.hset(f"{PREFIX}slots:{name}", self.replica, n)
+            else:
+                pipe.hdel(f"{PREFIX}slots:{name}", self.replica)
+        await pipe.execute()
+
     async def sync_inflight(self, local: dict[str, int]) -> dict[str, int]:
         urls = list(local)
         if not urls:
@@ -276,6 +299,10 @@ class ResilientStore:
         self.redis = redis
         self.memory = MemoryStore()
         self.healthy = redis is not None
+        # Slots Redis granted this replica that are still held, and names whose count in Redis may be
+        # wrong (a release or acquire that failed): set right on recovery, before Redis is used again.
+        self._held: dict[str, int] = defaultdict(int)
+        self._unsettled: set[str] = set()
         self._probe: asyncio.Task[None] | None = None
         self._beat: asyncio.Task[None] | None = None
 
@@ -317,17 +344,43 @@ class ResilientStore:
             await asyncio.sleep(self.PROBE_EVERY_S)
             try:
                 await self.redis.ping()
-                # Usage counted while Redis was away is not lost: the totals move over on recovery (not
-                # the per-minute token windows: those are stale by then).
-                for key, counts in (await self.memory.usage_all()).items():
-                    if counts:
-                        await self.redis.add_usage(key, counts, charge=False)
-                self.memory._usage.clear()
+                await self._move_usage()
+                await self._settle_slots()
             except Exception:
                 continue
             self.healthy = True
             log.warning("redis is back; shared state is used again")
             return
+
+    async def _move_usage(self) -> None:
+        """Usage counted while Redis was away is not lost: the totals move over on recovery (not the
+        per-minute token windows: those are stale by then). Taken out of memory before the first await, so
+        usage counted meanwhile stays for the next attempt, and a key is dropped only once Redis has it."""
+        assert self.redis is not None
+        pending = self.memory.take_usage()
+        try:
+            for key in list(pending):
+                if pending[key]:
+                    await self.redis.add_usage(key, pending[key], charge=False)
+                del pending[key]
+        finally:
+            self.memory.put_back_usage(pending)
+
+    async def _settle_slots(self) -> None:
+        """Set this replica's slot counts in Redis to the Redis-granted slots it still holds: releases
+        that could not reach Redis are given back, and slots a restarted Redis (or other replicas, when
+        this replica's heartbeat lapsed) dropped are counted again. Runs while `healthy` is still False,
+        so only releases change the counts meanwhile; a name released during the write is written again."""
+        assert self.redis is not None
+        names = self._unsettled | set(self._held)
+        while names:
+            self._unsettled = set()
+            try:
+                await self.redis.set_slots({n: self._held.get(n, 0) for n in names})
+            except Exception:
+                self._unsettled |= names
+                raise
+            names = self._unsettled
 
     async def _heartbeats(self) -> None:
         assert self.redis is not None
@@ -350,11 +403,36 @@ class ResilientStore:
     async def usage_all(self) -> dict[str, dict[str, int]]:
         return await self._call(lambda s: s.usage_all())
 
-    async def acquire(self, name: str, limit: int) -> bool:
-        return await self._call(lambda s: s.acquire(name, limit))
+    async def acquire(self, name: str, limit: int) -> str | None:
+        """Take a slot: the kind of store that granted it ("redis" or "memory"), to give to `release`;
+        None when all are taken."""
+        if self.healthy and self.redis is not None:
+            try:
+                taken = await self.redis.acquire(name, limit)
+            except Exception as e:
+                self._unsettled.add(name)  # the script may have run before its reply was lost
+                self._went_away(e)
+            else:
+                if taken:
+                    self._held[name] += 1  # counted once granted: a settle meanwhile under-counts, never leaks
+                return "redis" if taken else None
+        return "memory" if await self.memory.acquire(name, limit) else None
 
-    async def release(self, name: str) -> None:
-        await self._call(lambda s: s.release(name))
+    async def release(self, name: str, granted_by: str) -> None:
+        """Give a slot back to the store that granted it (the other one never counted it)."""
+        if granted_by == "memory":
+            await self.memory.release(name)
+            return
+        self._held[name] -= 1  # before the write: a settle meanwhile under-counts, never leaks
+        if self._held[name] <= 0:
+            del self._held[name]
+        if self.healthy and self.redis is not None:
+            try:
+                await self.redis.release(name)
+                return
+            except Exception as e:
+                self._went_away(e)
+        self._unsettled.add(name)  # Redis still counts it: settled when Redis is back
 
     async def slots(self, name: str) -> int:
         return await self._call(lambda s: s.slots(name))

@@ -141,11 +141,27 @@ async def test_board_keeps_the_registry_view(redis_server):
     await other.close()
 
 
-async def test_resilient_store_falls_back_and_recovers(redis_server, caplog):
-    caplog.set_level(logging.WARNING, "gateway.store")
-    store = ResilientStore(RedisStore(redis_server.url, "a", timeout_s=0.3))
+async def resilient(url: str) -> ResilientStore:
+    # A generous Redis timeout: a loaded CI machine can stall a round trip past a short one, and the store
+    # would fall back to memory mid-test. A stopped redis-server is seen at once anyway (refused / reset).
+    store = ResilientStore(RedisStore(url, "a", timeout_s=5))
     store.PROBE_EVERY_S = 0.1
     await store.start()
+    return store
+
+
+async def recovered(store: ResilientStore) -> None:
+    """Wait until the store uses Redis again; a stall fails the test instead of hanging it."""
+    for _ in range(1200):
+        if store.kind == "redis":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("still on the in-process store after 60 s")
+
+
+async def test_resilient_store_falls_back_and_recovers(redis_server, caplog):
+    caplog.set_level(logging.WARNING, "gateway.store")
+    store = await resilient(redis_server.url)
     await store.add_usage("k", {"requests": 1})
     assert store.kind == "redis"
     redis_server.stop()
@@ -153,13 +169,56 @@ async def test_resilient_store_falls_back_and_recovers(redis_server, caplog):
     assert store.kind == "memory" and "redis unavailable" in caplog.text
     assert (await store.admit("k", 1, 0))[0] == 0 and (await store.admit("k", 1, 0))[0] == 1  # limits hold
     redis_server.start()
-    for _ in range(100):
-        if store.kind == "redis":
-            break
-        await asyncio.sleep(0.05)
-    assert store.kind == "redis" and "redis is back" in caplog.text
+    await recovered(store)
+    assert "redis is back" in caplog.text
     # Redis restarted empty: the usage counted during the outage moved over.
     assert (await store.usage("k"))["requests"] == 2
+    await store.close()
+
+
+async def test_slots_are_given_back_where_they_were_taken(redis_server):
+    """Redis goes away and comes back with its data (a partition, a failover), while streams hold slots.
+    Before: a Redis slot released meanwhile was released in memory and stayed taken in Redis for as long
+    as the replica lived (its heartbeat kept it counted), so the key got 429s on every replica."""
+    store = await resilient(redis_server.url)
+    other = RedisStore(redis_server.url, "b")  # another replica's view
+    gone, running = await store.acquire("s", 2), await store.acquire("s", 2)
+    assert gone == running == "redis"
+    await store.redis.redis.save()  # the restarted server loads this: Redis keeps its data over the outage
+    redis_server.stop()
+    await store.release("s", gone)  # cannot reach Redis
+    assert store.kind == "memory"
+    by_memory = await store.acquire("s", 2)
+    assert by_memory == "memory"
+    redis_server.start()
+    await recovered(store)
+    assert await other.slots("s") == 1  # the running stream's only; before: 2, both slots
+    await store.release("s", by_memory)  # to memory, where it was taken: Redis still counts the running one
+    assert await other.slots("s") == 1 and await store.memory.slots("s") == 0
+    await store.release("s", running)
+    assert await other.slots("s") == 0
+    await other.close()
+    await store.close()
+
+
+async def test_an_acquire_whose_reply_was_lost_leaves_no_slot_behind(redis_server):
+    store = await resilient(redis_server.url)
+    other = RedisStore(redis_server.url, "b")
+    await other.heartbeat()
+    taken = store.redis.acquire
+
+    async def reply_lost(name: str, limit: int) -> bool:  # the script ran; its answer never arrived
+        await taken(name, limit)
+        raise ConnectionError("reply lost")
+
+    store.redis.acquire = reply_lost  # type: ignore[method-assign]
+    slot = await store.acquire("s", 1)
+    assert slot == "memory"  # the stream goes on, counted in memory
+    del store.redis.acquire
+    await recovered(store)
+    assert await other.acquire("s", 1)  # before: Redis counted the lost acquire's slot while "a" lived
+    await store.release("s", slot)
+    await other.close()
     await store.close()
 
 
@@ -213,3 +272,27 @@ async def test_resilient_store_closes_although_a_heartbeat_lost_its_cancel(monke
     await beat.waiting.wait()
     await store.close()  # before: awaited forever the heartbeat loop
     assert beat.lost
+
+
+async def test_usage_moves_to_redis_once_and_nothing_counted_meanwhile_is_lost():
+    """Recovery hands the outage's usage to Redis key by key: usage counted during the hand-over stays in
+    memory, and a key Redis did not take stays too (for the next attempt), without counting twice."""
+
+    class FlakyRedis:
+        def __init__(self, store: ResilientStore) -> None:
+            self.store, self.got = store, {}
+
+        async def add_usage(self, key, counts, charge=True):
+            await self.store.memory.add_usage("a", {"requests": 5})  # counted while the hand-over awaits
+            if key == "b":
+                raise ConnectionError("gone again")
+            self.got[key] = counts
+
+    store = ResilientStore(None)
+    store.redis = FlakyRedis(store)
+    await store.memory.add_usage("a", {"requests": 1})
+    await store.memory.add_usage("b", {"requests": 2})
+    with pytest.raises(ConnectionError):
+        await store._move_usage()
+    assert store.redis.got == {"a": {"requests": 1}}
+    assert await store.memory.usage_all() == {"a": {"requests": 10}, "b": {"requests": 2}}
