@@ -7,29 +7,17 @@ which one the service should use. Only the VAE is built (random weights), so thi
 from __future__ import annotations
 
 import contextlib
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # image_gpu_other's timing helper
 
 import torch
+from image_gpu_other import ms
 
 from services.image import reductions
 from services.image.tiny_pipelines import _build_on, _vae
-
-
-def ms(fn, reps: int = 7) -> float:
-    fn(), fn()
-    out = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        out.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(out)
 
 
 def main() -> None:
@@ -61,7 +49,7 @@ def main() -> None:
         if compiled:
             vae.decoder.compile(dynamic=False)
         with grad() if grad is not None else contextlib.nullcontext():
-            t = ms(decode)
+            t = ms(decode, reps=7)
             out = decode().float()
         ref = out if ref is None else ref
         err = ((out - ref).norm() / ref.norm()).item()
