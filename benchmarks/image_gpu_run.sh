@@ -4,10 +4,12 @@
 #
 #   bash benchmarks/image_gpu_run.sh tests attention profile images
 #
-# Steps: tests (GPU tests of services/image), attention (benchmarks/image_gpu_attention.py), qknorm
-# (benchmarks/image_gpu_qknorm.py), vae (benchmarks/image_gpu_vae.py: ways to compile the VAE decode), other (benchmarks/image_gpu_other.py: a FLUX image outside its steps),
-# profile (FLUX forwards of $VARIANTS, kernels by name), images (full FLUX + Ovis fp8 images,
-# then bf16 attention in the same engine), bf16 (FLUX bf16 images), restart (first image in a new process).
+# Steps: tests (GPU tests of services/image), attention (benchmarks/image_gpu_attention.py), plans
+# (benchmarks/image_gpu_cudnn_plans.py: every cuDNN SDPA plan), qknorm (benchmarks/image_gpu_qknorm.py), vae
+# (benchmarks/image_gpu_vae.py: ways to compile the VAE decode), other (benchmarks/image_gpu_other.py: a FLUX
+# image outside its steps), profile (FLUX forwards of $VARIANTS, kernels by name), images (full FLUX + Ovis fp8
+# images, then bf16 attention in the same engine), bf16 (FLUX bf16 images), restart (first image in a new
+# process).
 # CLOCKS=1: sample the GPU's clock, power and throttle reasons meanwhile (summary at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +51,7 @@ for step in "$@"; do
     tests) run tests python3 -m pytest -q -p no:cacheprovider -o addopts= services/image/test_engine.py \
              -k "gpu" -rfEs ;;
     attention) run attention python3 benchmarks/image_gpu_attention.py ;;
+    plans) run plans python3 benchmarks/image_gpu_cudnn_plans.py ;;
     qknorm) run qknorm python3 benchmarks/image_gpu_qknorm.py ;;
     vae) run vae python3 benchmarks/image_gpu_vae.py ;;
     other) TAIL=${TAIL:-90} run other python3 benchmarks/image_gpu_other.py --variants ;;

@@ -42,7 +42,8 @@ def test_gpu_probes_import(tmp_path, report):
             "for p in ('benchmarks/image_gpu_profile.py', 'benchmarks/image_gpu_attention.py',\n"
             "          'benchmarks/image_gpu_rowquant.py', 'benchmarks/image_gpu_gemm.py',\n"
             "          'benchmarks/image_gpu_qknorm.py', 'benchmarks/image_gpu_other.py',\n"
-            "          'benchmarks/image_gpu_vae.py', 'benchmarks/image_gpu_clocks.py'):\n"
+            "          'benchmarks/image_gpu_vae.py', 'benchmarks/image_gpu_clocks.py',\n"
+            "          'benchmarks/image_gpu_cudnn_plans.py'):\n"
             "    runpy.run_path(p, run_name='probe')\n")
     r = run(["-c", code], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
