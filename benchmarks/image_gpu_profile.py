@@ -31,6 +31,7 @@ OUT = Path(os.environ.get("OUT", "/tmp"))
 
 import torch  # noqa: E402
 
+from services.image import attention_fp8  # noqa: E402
 from services.image.engine import ImageEngine  # noqa: E402
 from services.image.speed import SpeedOptions, time_cuda  # noqa: E402
 from services.image.tiny_pipelines import build  # noqa: E402
@@ -120,6 +121,9 @@ def profile(fn, reps: int = 3) -> tuple[dict[str, float], list[tuple[str, float,
     return dict(cats), rows, sum(cats.values())
 
 
+SINGLE_STREAM = attention_fp8.single_stream
+
+
 def apply_variant(variant: str) -> SpeedOptions:
     import torch._inductor.config as ic
 
@@ -129,6 +133,8 @@ def apply_variant(variant: str) -> SpeedOptions:
         ic.max_autotune_gemm_backends = "ATEN,TRITON"
     if "coord" in variant:
         ic.coordinate_descent_tuning = True
+    # "dequant": fp8 single blocks dequantise the attention output before the MLP quantisation (the old path)
+    attention_fp8.single_stream = (lambda *a: None) if "dequant" in variant else SINGLE_STREAM
     return SpeedOptions(compile=True, fuse_qkv=True, fp8=variant.startswith("fp8"), attention="native",
                         cache_dir=CACHE, compile_vae=False, long_row_reductions="persist" in variant,
                         fuse_mlp="mlp" in variant, fp8_attention="bf16att" not in variant,

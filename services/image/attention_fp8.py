@@ -203,15 +203,45 @@ def quantize_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (v.float() / descale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), descale
 
 
-def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qk_descale: float,
-              kernel: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
-    """Diffusers' (batch, seq, heads, dim) attention with the default 1/sqrt(dim) softmax scale, in fp8.
-    `qk_descale` must bound Q and K: max|element| <= 448 * qk_descale (see qk_bound)."""
+def attention_e4m3(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qk_descale: float,
+                   kernel: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attention` before its last step: the e4m3 output and the descale that turns it into values."""
     v8, v_descale = quantize_v(value)
     # o = attention(real values) <= max|v| elementwise, so o / v_descale fits e4m3
     o8 = (kernel or sdpa_fp8)(quantize_qk(query, qk_descale), quantize_qk(key, qk_descale), v8, qk_descale,
                               v_descale, 1.0 / v_descale, query.shape[-1] ** -0.5)
-    return (o8.float() * v_descale).to(query.dtype)
+    return o8, v_descale
+
+
+def dequantize(o8: torch.Tensor, descale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (o8.float() * descale).to(dtype)
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qk_descale: float,
+              kernel: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+    """Diffusers' (batch, seq, heads, dim) attention with the default 1/sqrt(dim) softmax scale, in fp8.
+    `qk_descale` must bound Q and K: max|element| <= 448 * qk_descale (see qk_bound)."""
+    return dequantize(*attention_e4m3(query, key, value, qk_descale, kernel), query.dtype)
+
+
+def single_stream(attn: Any, hidden_states: torch.Tensor,
+                  image_rotary_emb: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A FLUX or Ovis single block's attention, routed here, up to its e4m3 output: (o8 as (batch, tokens,
+    heads * dim), descale). The block's MLP quantisation reads it directly (services/image/mlp.py), where
+    dequantising first was a pass of its own (0.5 ms a FLUX forward). It is the processors' own path for
+    one stream with fused QKV (projection, per-head RMS norms, RoPE; diffusers 0.42); None for any other
+    attention, which then runs through its processor as usual."""
+    processor = getattr(attn, "processor", None)
+    backend = getattr(processor, "_attention_backend", None)
+    if (not isinstance(backend, Backend) or not getattr(attn, "fused_projections", False)
+            or image_rotary_emb is None or getattr(attn, "added_kv_proj_dim", None) is not None):
+        return None
+    rope = sys.modules[type(processor).__module__].apply_rotary_emb  # the module's own (rope.py's once installed)
+    q, k, v = (x.unflatten(-1, (attn.heads, -1)) for x in attn.to_qkv(hidden_states).chunk(3, dim=-1))
+    q, k = attn.norm_q(q), attn.norm_k(k)
+    q, k = (rope(x, image_rotary_emb, sequence_dim=1) for x in (q, k))
+    o8, descale = attention_e4m3(q, k, v, backend.qk_descale)
+    return o8.flatten(2, 3), descale
 
 
 def reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qk_descale: float) -> torch.Tensor:

@@ -164,6 +164,9 @@ else:
         torch.library.opcheck(mlp.act_quant_rows, (attn, h, hb, False))
         torch.library.opcheck(mlp.act_quant_rows, (None, h, None, False))
         torch.library.opcheck(mlp.act_quant_rows, (attn, h, hb, True))
+        # e4m3 attention input: fake-tensor contract only (float8 outputs cannot be compared by opcheck)
+        torch.library.opcheck(mlp.act_quant_rows, (attn.to(fp8.E4M3), h, hb, False, torch.tensor([0.5])),
+                              test_utils="test_faketensor")
         q, s = mlp.act_quant_rows(attn, h, hb, False)
         ref = torch.cat([attn, torch.nn.functional.gelu(h + hb, approximate="tanh")], dim=-1)
         assert q.dtype == fp8.E4M3 and s.shape == (6, 1)
@@ -234,6 +237,93 @@ else:
         torch.testing.assert_close(again, ref)
         if not torch.cuda.is_available():
             assert af.enable(tr) is not None  # no GPU: the speed path keeps PyTorch's attention
+
+    def fp8_routed(models: Path, family: str, quantize: bool = False, device: str = "cpu"):
+        """A tiny transformer with fused QKV and its attention routed to the fp8 path, and its inputs."""
+        from services.image import attention_fp8 as af
+
+        e = ImageEngine.load(models / f"tiny-{family}", family, device,
+                             "float32" if device == "cpu" else "bfloat16", SpeedOptions(fuse_qkv=True, fuse_mlp=False))
+        tr = e.pipe.transformer
+        kw = transformer_inputs(e)
+        if quantize:
+            fp8.quantize(tr, lambda m, name: isinstance(m, torch.nn.Linear) and "transformer_blocks" in name)
+        af.install(tr, af.Backend(af.qk_bound(tr) / af.E4M3_MAX))
+        return tr, kw
+
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_fp8_single_stream_is_the_processor(models: Path, family: str) -> None:
+        """attention_fp8.single_stream computes what the block's routed processor computes, stopping before the
+        dequantisation; other attentions are left to their processors."""
+        from services.image import attention_fp8 as af
+
+        tr, kw = fp8_routed(models, family)
+        block = tr.single_transformer_blocks[0]
+        seen = {}
+        hook = block.attn.register_forward_pre_hook(lambda m, a, k: seen.setdefault("kw", k) and None,
+                                                    with_kwargs=True)
+        with torch.inference_mode():
+            tr(**kw)
+            hook.remove()
+            x, rot = seen["kw"]["hidden_states"], seen["kw"]["image_rotary_emb"]
+            o8, descale = af.single_stream(block.attn, x, rot)
+            assert o8.dtype == af.E4M3 and o8.shape == x.shape
+            assert torch.equal(af.dequantize(o8, descale, x.dtype), block.attn(hidden_states=x, image_rotary_emb=rot))
+            assert af.single_stream(tr.transformer_blocks[0].attn, x, rot) is None  # two streams
+            tr.set_attention_backend("native")
+            assert af.single_stream(block.attn, x, rot) is None  # not routed to fp8
+
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_fp8_single_blocks_take_the_e4m3_output(models: Path, family: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        """fp8 single blocks hand the attention's e4m3 output to the MLP quantisation as it is: the transformer's
+        output equals the path that dequantises first."""
+        from services.image import attention_fp8 as af
+        from services.image import mlp
+
+        tr, kw = fp8_routed(models, family, quantize=True)
+        assert mlp.fuse(tr) > 0
+        calls = []
+        single_stream = af.single_stream
+        monkeypatch.setattr(af, "single_stream", lambda *a: calls.append(1) or single_stream(*a))
+        with torch.inference_mode():
+            try:
+                fused = tr(**kw)[0]
+            except RuntimeError as e:  # torch < 2.13 on the CPU: per-tensor scaled_mm only
+                pytest.skip(f"row-wise _scaled_mm unavailable here: {e}")
+            assert len(calls) == len(tr.single_transformer_blocks)
+            monkeypatch.setattr(af, "single_stream", lambda *a: None)
+            torch.testing.assert_close(fused, tr(**kw)[0], rtol=0, atol=0)
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_fp8_single_blocks_e4m3_gpu(models: Path, family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """On a GPU, eager and compiled: the Triton kernel's e4m3 input gives the bytes of the dequantise-first
+        path, and whole transformers agree."""
+        from services.image import attention_fp8 as af
+        from services.image import mlp, triton_kernels
+
+        torch.manual_seed(0)
+        o8 = (torch.randn(64, 96, device="cuda") * 50).to(af.E4M3)
+        descale = torch.tensor([0.037], device="cuda")
+        h, hb = torch.randn(64, 384, device="cuda", dtype=torch.bfloat16), torch.randn(384, device="cuda",
+                                                                                        dtype=torch.bfloat16)
+        for swiglu in (False, True):
+            q1, s1 = triton_kernels.quantize(o8, h, hb, swiglu, attn_scale=descale)
+            q2, s2 = triton_kernels.quantize(af.dequantize(o8, descale, torch.bfloat16), h, hb, swiglu)
+            assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s1, s2)
+        tr, kw = fp8_routed(models, family, quantize=True, device="cuda")
+        assert mlp.fuse(tr) > 0
+        with torch.inference_mode():
+            e4m3 = tr(**kw)[0].float()
+            single_stream = af.single_stream
+            monkeypatch.setattr(af, "single_stream", lambda *a: None)
+            ref = tr(**kw)[0].float()
+            monkeypatch.setattr(af, "single_stream", single_stream)
+            tr.compile_repeated_blocks(fullgraph=True, dynamic=False)
+            compiled = tr(**kw)[0].float()
+        for out in (e4m3, compiled):
+            assert ((out - ref).norm() / ref.norm()).item() < 2e-2
 
     @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
     def test_fp8_attention_gpu() -> None:
