@@ -13,8 +13,9 @@ Whole forwards: FLUX bf16 132.8 -> 129.3 ms, fp8 102.4 -> 95.2 ms; Ovis fp8 63.5
 Blocks keep their modules; single blocks switch to a subclass whose forward calls `mlp_out(attn, mlp_in(x))`
 instead of `proj_out(cat(attn, act(proj_mlp(x))))`. With fp8 attention too, the single blocks' attention output
 reaches that pass as cuDNN wrote it, e4m3 plus one scale (services/image/attention_fp8.single_stream), instead
-of being dequantised in a pass of its own first: FLUX fp8 forward 83.3 -> 81.8-82.2 ms. The subclass keeps the class name, because diffusers'
-regional compile matches blocks by name. Without a CUDA device the ops fall back to plain PyTorch (CPU tests).
+of being dequantised in a pass of its own first: FLUX fp8 forward 83.3 -> 81.8-82.2 ms. The subclass keeps
+the class name, because diffusers' regional compile matches blocks by name. Without a CUDA device the ops fall
+back to plain PyTorch (CPU tests).
 """
 
 from __future__ import annotations
