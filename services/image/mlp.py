@@ -142,9 +142,9 @@ def _single_forward(self: Any, hidden_states: torch.Tensor, encoder_hidden_state
     residual = hidden_states
     norm_hidden_states, gate = self.norm(hidden_states, emb=temb)
     mlp_hidden_states = self.mlp_in(norm_hidden_states)
-    e4m3 = None  # fp8 attention feeding the fp8 MLP quantisation: its e4m3 output goes in as it is
-    if isinstance(self.mlp_out, Fp8ActOut) and not joint_attention_kwargs:
-        e4m3 = attention_fp8.single_stream(self.attn, norm_hidden_states, image_rotary_emb)
+    # fp8 attention feeding the fp8 MLP quantisation: its e4m3 output goes in as it is
+    e4m3 = (attention_fp8.single_stream(self.attn, norm_hidden_states, image_rotary_emb)
+            if isinstance(self.mlp_out, Fp8ActOut) and not joint_attention_kwargs else None)
     if e4m3 is not None:
         out = self.mlp_out(e4m3[0], mlp_hidden_states, attn_scale=e4m3[1])
     else:

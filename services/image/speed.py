@@ -128,9 +128,10 @@ def compile_text_encoders(pipe: Any) -> int:
     it differently while a CUDA graph is being captured (it cannot read the mask's values then), so compiled
     layers would meet a new mask argument inside the capture, recompile there and break it. Traced whole, the
     mask is built the traced way every time."""
-    for encoder in text_encoders(pipe):
+    encoders = text_encoders(pipe)
+    for encoder in encoders:
         encoder.forward = torch.compile(encoder.forward, dynamic=False)
-    return len(text_encoders(pipe))
+    return len(encoders)
 
 
 def text_encoders(pipe: Any) -> list[torch.nn.Module]:
