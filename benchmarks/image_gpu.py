@@ -121,6 +121,8 @@ def run_family(args: argparse.Namespace, family: str) -> None:
         s_img, s_step = engine_images(engine, family, size, steps, args.images)
         record(family, f"service {args.mode} {label}".strip(), s_img, s_step, steps, compile_s=round(warm, 1),
                attention=engine.applied.attention)
+    if args.tables_too:
+        compare_tables(engine, family, size, steps, args)
     if args.bf16_attention_too and engine.applied.attention == "cudnn-fp8":
         compare_bf16_attention(engine, family, size, steps, args)
     engine.close()
@@ -138,6 +140,16 @@ def compare_bf16_attention(engine: ImageEngine, family: str, size: int, steps: i
     s_img, s_step = engine_images(engine, family, size, steps, args.images)
     record(family, f"service {args.mode}, bf16 attention", s_img, s_step, steps, compile_s=round(warm, 1),
            attention="_native_cudnn")
+
+
+def compare_tables(engine: ImageEngine, family: str, size: int, steps: int, args: argparse.Namespace) -> None:
+    """A/B/A in one engine: the adaptive norms' rows from the per-image table (services/image/modulation.py),
+    then computed in every forward (one matmul over all the norms' weights), then the table again."""
+    mod = engine.pipe.transformer.step_modulation
+    for enabled, label in ((False, "tables off (rows each forward)"), (True, "tables on, again")):
+        mod.enabled = enabled
+        s_img, s_step = engine_images(engine, family, size, steps, args.images)
+        record(family, f"service {args.mode}, {label}", s_img, s_step, steps)
 
 
 def restart_child(args: argparse.Namespace, family: str) -> None:
@@ -168,6 +180,7 @@ def main() -> None:
     ap.add_argument("--cfg-both", action="store_true", help="Ovis: time paired and two-pass CFG")
     ap.add_argument("--bf16-attention-too", action="store_true",
                     help="fp8: then time the same engine with bf16 attention")
+    ap.add_argument("--tables-too", action="store_true", help="then the same engine without modulation tables")
     ap.add_argument("--restart", action="store_true", help="then time the first image in a fresh process")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dry", action="store_true", help="tiny pipelines on the CPU: checks the script only")

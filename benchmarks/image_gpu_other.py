@@ -2,7 +2,7 @@
 the service's speed path: each stage of the pipeline timed with a device sync around it, the kernels of the
 two GPU stages, and the variants measured for them.
 
-    python benchmarks/image_gpu_other.py [--mode fp8|bf16] [--variants]
+    python benchmarks/image_gpu_other.py [--mode fp8|bf16] [--variants] [--gaps]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def variants(pipe, latents: torch.Tensor) -> None:
     """The alternatives measured for the outside stages, against the service's current choice."""
     print("\n| stage | variant | ms |\n|---|---|---|")
     decode = lambda: pipe.vae.decode(latents, return_dict=False)[0]  # noqa: E731
-    print(f"| vae.decode | service (compiled, channels_last) | {ms(decode):.1f} |")
+    print(f"| vae.decode | service (compiled) | {ms(decode):.1f} |")
     torch.backends.cudnn.benchmark = True
     print(f"| vae.decode | + cudnn.benchmark | {ms(decode):.1f} |")
     torch.backends.cudnn.benchmark = False
@@ -90,10 +90,50 @@ def variants(pipe, latents: torch.Tensor) -> None:
     print(f"| to PIL | service (on the GPU, then bytes) | {ms(lambda: engine_mod.to_pil(image)):.1f} |")
 
 
+def gaps(engine: ImageEngine, top: int = 12, stacks: bool = False) -> None:
+    """One whole image under torch.profiler: how long the GPU sat idle, and where (the kernels around the
+    longest gaps). Everything the GPU waits for is host work: tokenising, Python, launches, syncs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    job = Job(PROMPT, 1024, 1024, 28, 3.5, seed=7)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU], with_stack=stacks) as prof:
+        t0 = time.perf_counter()
+        engine.generate([job])
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) * 1000
+    evs = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                 if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
+    busy, idle, end, holes = 0.0, 0.0, evs[0][0], []
+    for i, (s, e, _) in enumerate(evs):
+        if s > end:
+            idle += s - end
+            holes.append((s - end, evs[i - 1][2] if i else "-", evs[i][2], s))
+        busy += max(0.0, e - max(s, end))
+        end = max(end, e)
+    span = (end - evs[0][0]) / 1000
+    print(f"\none image under the profiler: wall {wall:.1f} ms, GPU span {span:.1f} ms, busy {busy / 1000:.1f} ms, "
+          f"idle inside the span {idle / 1000:.1f} ms, outside it {wall - span:.1f} ms")
+    print("| gap ms | kernel before | kernel after | host ops started in the gap (ms) |\n|---|---|---|---|")
+    cpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
+    holes.append((evs[0][0] - min(e.time_range.start for e in cpu), "(image start)", evs[0][2], evs[0][0]))
+    for g, before, after, at in sorted(holes, reverse=True)[:top]:
+        ops: dict[str, float] = collections.defaultdict(float)
+        for e in cpu:
+            if at - g <= e.time_range.start < at and not e.name.startswith("cuda"):
+                # with Python stacks: the functions that ran (children included), else aten ops' own time
+                ops[e.name] += (e.cpu_time_total if stacks else e.self_cpu_time_total) / 1000
+        ranked = sorted(ops.items(), key=lambda kv: -kv[1])[:8 if stacks else 5]
+        busiest = ", ".join(f"{n[-60:]} {t:.2f}" for n, t in ranked)
+        print(f"| {g / 1000:.3f} | {before[:60]} | {after[:60]} | {busiest} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["fp8", "bf16"], default="fp8")
     ap.add_argument("--variants", action="store_true", help="also time the alternatives and list kernels")
+    ap.add_argument("--gaps", action="store_true", help="also find where the GPU idles in one whole image")
+    ap.add_argument("--stacks", action="store_true", help="with --gaps: name the Python functions in the gaps")
     a = ap.parse_args()
     pipe = build("flux", "full", "cuda", torch.bfloat16)
     opts = SpeedOptions(compile=True, fuse_qkv=True, fp8=a.mode == "fp8", cache_dir=CACHE)
@@ -116,12 +156,14 @@ def main() -> None:
         print(f"| {name} | {statistics.median(ts) * 1000:.1f} |")
     total, step = min(totals)
     print(f"| whole image | {total * 1000:.1f} |\n| 28 x mean step | {28 * step * 1000:.1f} |")
+    if a.gaps:
+        gaps(engine, stacks=a.stacks)
     if a.variants:
         with torch.inference_mode():  # as in the pipeline (the text encoders' graphs need it)
             kernels("encode_prompt, service", lambda: pipe.encode_prompt(PROMPT, PROMPT, device="cuda",
                                                                          max_sequence_length=512))
             latents = torch.randn(1, 16, 128, 128, device="cuda", dtype=torch.bfloat16)
-            kernels("vae.decode, service", lambda: pipe.vae.decode(latents, return_dict=False)[0])
+            kernels("vae.decode, service", lambda: pipe.vae.decode(latents, return_dict=False)[0], top=20)
             variants(pipe, latents)
 
 

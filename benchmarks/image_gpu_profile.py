@@ -11,8 +11,9 @@ the matmul ceiling is visible.
     python benchmarks/image_gpu_profile.py --family flux --variants fp8-mlp-persist,fp8-mlp-persist-bf16att
 
 Variant names: fp8 (lossy mode, fp8 attention included unless `bf16att`), mlp (services/image/mlp.py),
-persist (services/image/reductions.py), graph (services/image/cuda_graphs.py), autotune / coord (inductor
-tuning); the service runs `fp8-mlp-persist-graph` or `bf16-mlp-persist-graph`.
+persist (services/image/reductions.py), graph (services/image/cuda_graphs.py), table
+(services/image/modulation.py), autotune / coord (inductor tuning); the service runs
+`fp8-mlp-persist-graph-table` or `bf16-mlp-persist-graph-table`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ OUT = Path(os.environ.get("OUT", "/tmp"))
 
 import torch  # noqa: E402
 
-from services.image import attention_fp8  # noqa: E402
+from services.image import attention_fp8, modulation  # noqa: E402
 from services.image.engine import ImageEngine  # noqa: E402
 from services.image.speed import SpeedOptions, time_cuda  # noqa: E402
 from services.image.tiny_pipelines import build  # noqa: E402
@@ -138,7 +139,7 @@ def apply_variant(variant: str) -> SpeedOptions:
     return SpeedOptions(compile=True, fuse_qkv=True, fp8=variant.startswith("fp8"), attention="native",
                         cache_dir=CACHE, compile_vae=False, long_row_reductions="persist" in variant,
                         fuse_mlp="mlp" in variant, fp8_attention="bf16att" not in variant,
-                        cuda_graph="graph" in variant)
+                        cuda_graph="graph" in variant, modulation_table="table" in variant)
 
 
 def run_variant(family: str, variant: str, size: int) -> dict:
@@ -157,9 +158,12 @@ def run_variant(family: str, variant: str, size: int) -> dict:
         with torch.inference_mode():
             tr(*args, **kwargs)
 
-    ms = time_cuda(fwd, reps=10, warmup=2)
-    cats, rows, busy = profile(fwd)
+    # `table` variants: forwards read their norms' rows from the table of the captured image's schedule
+    with modulation.schedule(engine.pipe):
+        ms = time_cuda(fwd, reps=10, warmup=2)
+        cats, rows, busy = profile(fwd)
     graphed = tr.__dict__.get("forward")  # services/image/cuda_graphs.py, with the `graph` variants
+    graphed = getattr(graphed, "inner", graphed)  # beneath services/image/modulation.py's forward
     replays = getattr(graphed, "replays", None)
     hs = kwargs["hidden_states"]
     txt = kwargs.get("encoder_hidden_states")

@@ -5,11 +5,12 @@
 #   bash benchmarks/image_gpu_run.sh tests attention profile images
 #
 # Steps: tests (GPU tests of services/image), attention (benchmarks/image_gpu_attention.py), plans
-# (benchmarks/image_gpu_cudnn_plans.py: every cuDNN SDPA plan), qknorm (benchmarks/image_gpu_qknorm.py), vae
+# (benchmarks/image_gpu_cudnn_plans.py: every cuDNN SDPA plan), qknorm (benchmarks/image_gpu_qknorm.py), grouped
+# (benchmarks/image_gpu_grouped.py: double blocks' two streams in one grouped GEMM), vae
 # (benchmarks/image_gpu_vae.py: ways to compile the VAE decode), other (benchmarks/image_gpu_other.py: a FLUX
-# image outside its steps), profile (FLUX forwards of $VARIANTS, kernels by name), images (full FLUX + Ovis fp8
-# images, then bf16 attention in the same engine), bf16 (FLUX bf16 images), restart (first image in a new
-# process).
+# image outside its steps), gaps (the same, bf16: where the GPU idles in one image), profile (FLUX forwards
+# of $VARIANTS, kernels by name), images (full FLUX + Ovis fp8 images, then without modulation tables in the
+# same engine), bf16 (FLUX bf16 images, the same), restart (first image in a new process).
 # CLOCKS=1: sample the GPU's clock, power and throttle reasons meanwhile (summary at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,13 +54,15 @@ for step in "$@"; do
     attention) run attention python3 benchmarks/image_gpu_attention.py ;;
     plans) run plans python3 benchmarks/image_gpu_cudnn_plans.py ;;
     qknorm) run qknorm python3 benchmarks/image_gpu_qknorm.py ;;
+    grouped) run grouped python3 benchmarks/image_gpu_grouped.py ;;
     vae) run vae python3 benchmarks/image_gpu_vae.py ;;
     other) TAIL=${TAIL:-90} run other python3 benchmarks/image_gpu_other.py --variants ;;
+    gaps) run gaps python3 benchmarks/image_gpu_other.py --mode bf16 --gaps ${STACKS:+--stacks} ;;
     profile) PROFILE_TOP=${PROFILE_TOP:-12} run profile python3 benchmarks/image_gpu_profile.py --family flux \
-               --variants "${VARIANTS:-fp8-mlp-persist-graph,fp8-mlp-persist-bf16att-graph,bf16-mlp-persist-graph,bf16-mlp-persist}" ;;
+               --variants "${VARIANTS:-bf16-mlp-persist-graph-table,bf16-mlp-persist-graph,fp8-mlp-persist-graph-table,fp8-mlp-persist-graph}" ;;
     images) run images python3 benchmarks/image_gpu.py --family both --mode fp8 --cfg-pair --skip-baseline \
-              --bf16-attention-too ;;
-    bf16) run bf16 python3 benchmarks/image_gpu.py --family flux --mode bf16 --skip-baseline ;;
+              --tables-too ;;
+    bf16) run bf16 python3 benchmarks/image_gpu.py --family flux --mode bf16 --skip-baseline --tables-too ;;
     restart) run restart python3 benchmarks/image_gpu.py --family flux --mode fp8 --skip-baseline --images 1 \
                --restart ;;
     *) echo "unknown step $step"; exit 2 ;;

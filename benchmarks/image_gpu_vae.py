@@ -7,6 +7,7 @@ which one the service should use. Only the VAE is built (random weights), so thi
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # image_gpu_other's timing helper
 
 import torch
-from image_gpu_other import ms
+from image_gpu_other import kernels, ms
 
 from services.image import reductions
 from services.image.tiny_pipelines import _build_on, _vae
@@ -27,16 +28,33 @@ def main() -> None:
     decode = lambda: vae.decode(latents, return_dict=False)[0]  # noqa: E731
     cases = [  # name, channels_last, compile, long-row reduction handler, grad context
         ("eager", True, False, False, torch.inference_mode),
-        ("compiled, NCHW", False, True, False, torch.inference_mode),
+        ("compiled, channels_last, long-row reductions (before session 7)", True, True, True, torch.inference_mode),
+        ("compiled, NCHW, long-row reductions (service)", False, True, True, torch.inference_mode),
         ("compiled, channels_last", True, True, False, torch.inference_mode),
-        ("compiled, channels_last, long-row reductions (service)", True, True, True, torch.inference_mode),
-        ("compiled, channels_last, long-row reductions, no_grad", True, True, True, torch.no_grad),
-        ("compiled, channels_last, no_grad", True, True, False, torch.no_grad),
+        ("compiled, NCHW", False, True, False, torch.inference_mode),
+        ("compiled, channels_last, long-row reductions, again", True, True, True, torch.inference_mode),
+        ("compiled, NCHW, long-row reductions, again", False, True, True, torch.inference_mode),
     ]
+    if os.environ.get("VAE_MORE"):  # measured in session 7, all slower
+        cases += [
+            ("compiled, channels_last, GroupNorm eager (ATen)", True, True, True, "eager_gn"),
+            ("compiled, NCHW, GroupNorm eager (ATen)", False, True, True, "eager_gn"),
+            ("compiled, channels_last, cooperative reductions", True, True, True, "coop"),
+            ("compiled, NCHW, cooperative reductions", False, True, True, "coop"),
+        ]
     ref = None
     print("| VAE decode, 1024px, bf16 | ms |\n|---|---|")
+    norms = [m for m in vae.modules() if isinstance(m, torch.nn.GroupNorm)]
     for name, channels_last, compiled, long_rows, grad in cases:
         torch._dynamo.reset()
+        from torch._inductor import config as ic
+
+        ic.triton.cooperative_reductions = grad == "coop"
+        for m in norms:  # "eager_gn": ATen's GroupNorm kernel, the rest compiled around it
+            m.__dict__.pop("forward", None)
+            if grad == "eager_gn":
+                m.forward = torch.compiler.disable(torch.nn.GroupNorm.forward.__get__(m))
+        grad = torch.inference_mode if isinstance(grad, str) else grad
         from torch._inductor.choices import InductorChoices
         from torch._inductor.virtualized import V
 
@@ -54,6 +72,9 @@ def main() -> None:
         ref = out if ref is None else ref
         err = ((out - ref).norm() / ref.norm()).item()
         print(f"| {name} | {t:.1f} (rel. diff to eager {err:.1e}) |")
+        if os.environ.get("VAE_KERNELS"):
+            with grad():
+                kernels(name, decode, top=int(os.environ["VAE_KERNELS"]))
 
 
 if __name__ == "__main__":

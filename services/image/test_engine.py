@@ -79,20 +79,64 @@ else:
         two = e.generate([job])[0].images[0]
         e.cfg_batch_max_pixels = 64 * 64
         calls = []
-        orig = e.pipe.transformer.forward.__func__
-
-        def counting(self, *a, **k):
-            calls.append(k["hidden_states"].shape[0])
-            return orig(self, *a, **k)
-
-        type(e.pipe.transformer).forward, saved = counting, orig
+        fwd = e.pipe.transformer.forward  # services/image/modulation.py's, around the model's own forward
+        inner = fwd.inner
+        fwd.inner = lambda *a, **k: calls.append(k["hidden_states"].shape[0]) or inner(*a, **k)
         try:
             paired = e.generate([job])[0].images[0]
         finally:
-            type(e.pipe.transformer).forward = saved
+            fwd.inner = inner
         assert calls == [2, 2, 2]  # one batch-2 forward per step instead of two batch-1 forwards
         assert np.abs(pixels(two) - pixels(paired)).max() <= 2
         assert not hasattr(e.pipe, "__dict__") or "encode_prompt" not in e.pipe.__dict__  # patch removed
+
+    @pytest.mark.parametrize("family,pair", [("flux", False), ("ovis", False), ("ovis", True)])
+    def test_modulation_tables_same_images(models: Path, family: str, pair: bool) -> None:
+        """Every step's norm rows from one matmul per image (services/image/modulation.py): the images of the
+        norms' own Linear layers, each forward served from the table (Ovis: CFG passes apart and paired)."""
+        from services.image import modulation
+
+        job = Job("a cat", 64, 64, 3, 4.0, seed=2, negative_prompt="blurry")
+        plain = engine(models, family, opts=SpeedOptions(modulation_table=False))
+        assert not hasattr(plain.pipe.transformer, "step_modulation")
+        e = engine(models, family, cfg_batch_max_pixels=64 * 64 if pair else 0)
+        assert "modulation_table" in e.applied.steps
+        assert not any(isinstance(m, torch.nn.Linear) for m in e.pipe.transformer.norm_out.modules())
+        served = []
+        real = modulation.Schedule.select
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(modulation.Schedule, "select", lambda *a: served.append(real(*a)) or served[-1])
+            img = e.generate([job])[0].images[0]
+        forwards = 3 if family == "flux" or pair else 6
+        assert served == [True] * forwards
+        assert np.abs(pixels(plain.generate([job])[0].images[0]) - pixels(img)).max() <= 2
+        # a forward outside any image computes its own rows: the norms' Linear layers' output
+        kw = transformer_inputs(e)
+        with torch.inference_mode():
+            torch.testing.assert_close(e.pipe.transformer(**kw)[0], plain.pipe.transformer(**kw)[0],
+                                       rtol=1e-4, atol=1e-4)
+
+    def test_modulation_table_miss_remakes_the_image(models: Path, caplog: pytest.LogCaptureFixture) -> None:
+        """A forward whose timestep is not in the table (here: a table built off by one) would read a wrong
+        row: the engine notices after the image, turns the tables off and makes it again, the same image."""
+        from services.image import modulation
+
+        job = Job("a cat", 64, 64, 2, 3.5, seed=4)
+        plain = engine(models, "flux", opts=SpeedOptions(modulation_table=False)).generate([job])[0].images[0]
+        e = engine(models, "flux")
+        real = modulation.Schedule._build
+
+        def shifted(self, *a):
+            real(self, *a)
+            self.passed = self.passed + 1
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(modulation.Schedule, "_build", shifted)
+            r = e.generate([job])[0]
+        assert "modulation tables off" in caplog.text and not e.pipe.transformer.step_modulation.enabled
+        assert np.abs(pixels(plain) - pixels(r.images[0])).max() <= 2 and r.step_seconds > 0
+        with modulation.schedule(e.pipe) as tables:
+            assert tables is None  # off from now on
 
     @pytest.mark.parametrize("family", ["flux", "ovis"])
     def test_fused_qkv_same_images(models: Path, family: str) -> None:
@@ -173,6 +217,8 @@ else:
         assert ((q.float() * s - ref).abs() <= ref.abs() * 0.07 + 1e-6).all()  # e4m3: 3 mantissa bits
         lin = torch.nn.Linear(64, 8)
         split = mlp.SplitOut(lin, 16)
+        torch.library.opcheck(mlp.split_out, (attn, h, split.weight_attn.detach(), split.weight_mlp.detach(),
+                                              lin.bias.detach()))
         torch.testing.assert_close(split(attn, h), lin(torch.cat([attn, h], dim=-1)), rtol=1e-5, atol=1e-5)
 
     def test_fp8_attention_arithmetic() -> None:
@@ -397,6 +443,23 @@ else:
             assert enc.replays >= 1 or enc.refused, enc.forward
 
     @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_modulation_tables_gpu(models: Path, family: str) -> None:
+        """The service's GPU path (compiled blocks, CUDA graph, tables around it) gives the images of the
+        norms' own Linear layers; its forwards are served from the tables and the graph replays."""
+        job = Job("a cat", 64, 64, 4, 5.0 if family == "ovis" else 3.5, seed=1, negative_prompt="blurry")
+        images = {}
+        for tables in (False, True):
+            e = ImageEngine.load(models / f"tiny-{family}", family, "cuda", "bfloat16",
+                                 SpeedOptions(compile=True, modulation_table=tables), cfg_batch_max_pixels=64 * 64)
+            assert ("modulation_table" in e.applied.steps) == tables
+            images[tables] = [e.generate([job])[0].images[0] for _ in range(3)]  # compile, capture, replay
+        for on, off in zip(images[True], images[False], strict=True):
+            assert np.abs(pixels(on) - pixels(off)).max() <= 2
+        fwd = e.pipe.transformer.forward
+        assert fwd.inner.replays >= 4 and e.pipe.transformer.step_modulation.enabled
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
     def test_cuda_graph_refusal_gpu() -> None:
         """A forward that cannot be captured (a host sync) stays eager, gives its normal result, and the
         aborted capture leaves the CUDA RNG usable."""
@@ -470,6 +533,20 @@ else:
                 torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
         assert all(g.replays >= 1 and not g.refused for g in graphs), [(g.replays, g.refused) for g in graphs]
         torch.randn(2, device="cuda")  # the CUDA RNG is usable afterwards
+
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_initial_latents_are_the_pipelines(models: Path, family: str) -> None:
+        """The engine's noise is what the pipeline's prepare_latents draws from one CPU generator per image,
+        bit for bit, in bf16 too (drawn there in float32 and rounded: 8x faster on the CPU)."""
+        from services.image.engine import initial_latents
+
+        pipe = engine(models, family).pipe
+        for dtype in (torch.float32, torch.bfloat16):
+            pipe.transformer.to(dtype)
+            ours = initial_latents(pipe, 96, 64, [5, 9], "cpu")
+            theirs, _ = pipe.prepare_latents(2, pipe.transformer.config.in_channels // 4, 96, 64, dtype, "cpu",
+                                             [torch.Generator("cpu").manual_seed(s) for s in (5, 9)])
+            assert ours.dtype == dtype and torch.equal(ours, theirs)
 
     def test_to_pil_is_diffusers_pil() -> None:
         """The engine's PIL conversion gives diffusers' "pil" output byte for byte (bf16 and float32 decodes,
