@@ -35,6 +35,9 @@ def main() -> None:
         ("compiled, channels_last, long-row reductions, again", True, True, True, torch.inference_mode),
         ("compiled, NCHW, long-row reductions, again", False, True, True, torch.inference_mode),
     ]
+    if os.environ.get("VAE_TUNE"):  # inductor's reduction tuning, NCHW
+        cases = [cases[2], ("compiled, NCHW, coordinate-descent tuning", False, True, True, "cdt"),
+                 ("compiled, NCHW, no persistent reductions", False, True, False, "nopersist"), cases[2]]
     if os.environ.get("VAE_MORE"):  # measured in session 7, all slower
         cases += [
             ("compiled, channels_last, GroupNorm eager (ATen)", True, True, True, "eager_gn"),
@@ -50,6 +53,8 @@ def main() -> None:
         from torch._inductor import config as ic
 
         ic.triton.cooperative_reductions = grad == "coop"
+        ic.coordinate_descent_tuning = grad == "cdt"
+        ic.triton.persistent_reductions = grad != "nopersist"
         for m in norms:  # "eager_gn": ATen's GroupNorm kernel, the rest compiled around it
             m.__dict__.pop("forward", None)
             if grad == "eager_gn":

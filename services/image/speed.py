@@ -1,18 +1,20 @@
 """The GPU speed path, applied to a loaded pipeline: fused QKV, fp8, fused MLP ends, attention backend,
 regional compile, the transformer forward as one CUDA graph.
 
-Order matters: QKV fusion creates the Linear layers that fp8 then quantizes, the MLP ends are rewired
-around fp8's layers, and compilation comes last so that it traces the final modules; the CUDA graph wraps
-the compiled forward. Everything here is optional and a no-op on the CPU except QKV fusion, MLP rewiring
-and compilation when explicitly asked for.
+Order matters: QKV fusion creates the Linear layers that fp8 then quantizes (not the adaptive norms'), the MLP
+ends are rewired around fp8's layers, and compilation comes after so that it traces the final modules (it runs
+lazily, at the first call); the CUDA graph wraps the compiled forward, and the modulation tables' forward wraps
+the graph's, since it copies each step's rows in before a replay. On the CPU only the modulation tables are on
+by default; QKV fusion, MLP rewiring and compilation when asked for.
 
 Measured on H100s with benchmarks/image_gpu.py (full pipelines, 1024px), FLUX.1-dev a step: 183 ms eager
 bf16 -> 135 ms fused QKV + regional compile -> 129 ms with the MLP ends rewired (services/image/mlp.py) ->
 92-94 ms with fp8 matmuls (services/image/fp8.py) -> 84.5-87.7 ms with cuDNN's fp8 attention
 (services/image/attention_fp8.py) under a CUDA graph (services/image/cuda_graphs.py), which the fp8
 attention needs: its host work per call made the forward wait on the CPU without one. Outside the steps the
-text encoders are compiled and graphed too (37 -> 21 ms an image). fp8 is LOSSY
-(dynamic per-row float8 matmuls with fast accumulation; Q, K, V, softmax weights and attention output in
+text encoders are compiled and graphed too (37 -> 21 ms an image). Last, every block's adaptive-norm rows come
+from one matmul per image (services/image/modulation.py): FLUX bf16 3.59 -> 3.53 s an image, fp8 2.39 -> 2.33.
+fp8 is LOSSY (dynamic per-row float8 matmuls with fast accumulation; Q, K, V, softmax weights and attention output in
 e4m3): images differ from bf16; it is off unless the config's `diffusers.fp8` is true, and
 `diffusers.fp8_attention: false` keeps bf16 attention within it. Outside the fp8 attention, the attention
 kernel is timed at load between PyTorch's backends (inside compiled blocks cuDNN's kernel runs).
@@ -263,9 +265,10 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
         if modulation.install(transformer) is not None:  # last: its forward wraps the CUDA graph's
             done.steps.append("modulation_table")
     if opts.compile if opts.compile_vae is None else opts.compile_vae:
-        # NCHW, not channels_last: 38.0 against 42.7-43.2 ms for a 1024px decode on an H100, A/B/A in one
-        # run (benchmarks/image_gpu_vae.py, session 7; session 6 had measured them level)
-        pipe.vae.decoder.compile(dynamic=False)  # graph breaks tolerated: not hot
+        # NCHW, not channels_last: 38.0-38.7 against 42.7-43.4 ms for a 1024px decode on an H100, A/B/A in one
+        # run (benchmarks/image_gpu_vae.py, session 7; session 6 had measured them level). Graph breaks are
+        # tolerated: the decoder is not hot.
+        pipe.vae.decoder.compile(dynamic=False)
         done.steps.append("compile_vae")
     done.seconds = time.perf_counter() - t0
     return done
