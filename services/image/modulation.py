@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import logging
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger("image.modulation")
 
 
 class Modulation(torch.nn.Module):
