@@ -170,7 +170,8 @@ def run_variant(family: str, variant: str, size: int) -> dict:
     fl = block_flops(tr, hs.shape[1], txt.shape[1] if txt is not None else 0)
     batch = hs.shape[0]
     res = {"family": family, "variant": variant, "forward_ms": round(ms, 2), "gpu_busy_ms": round(busy, 2),
-           "batch": batch, "graph_replays": replays, **{k: round(v * batch, 2) for k, v in fl.items()},
+           "batch": batch, "graph_replays": replays,
+           "kernels_per_forward": sum(c for _, _, c in rows), **{k: round(v * batch, 2) for k, v in fl.items()},
            "categories_ms": {k: round(v, 2) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])}}
     g = cats.get("gemm", 0)
     if g:

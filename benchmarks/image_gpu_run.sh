@@ -6,8 +6,9 @@
 #
 # Steps: tests (GPU tests of services/image), attention (benchmarks/image_gpu_attention.py), plans
 # (benchmarks/image_gpu_cudnn_plans.py: every cuDNN SDPA plan), qknorm (benchmarks/image_gpu_qknorm.py), grouped
-# (benchmarks/image_gpu_grouped.py: double blocks' two streams in one grouped GEMM), vae
-# (benchmarks/image_gpu_vae.py: ways to compile the VAE decode), other (benchmarks/image_gpu_other.py: a FLUX
+# (benchmarks/image_gpu_grouped.py: double blocks' two streams in one grouped GEMM), memsets
+# (benchmarks/image_gpu_memsets.py: which library calls put memsets in the graph), vae
+# (benchmarks/image_gpu_vae.py: ways to compile the VAE decode; VAE_CHECK=1 / VAE_TUNE=1 fewer cases), other (benchmarks/image_gpu_other.py: a FLUX
 # image outside its steps), gaps (the same, bf16: where the GPU idles in one image), profile (FLUX forwards
 # of $VARIANTS, kernels by name), images (full FLUX + Ovis fp8 images, then without modulation tables in the
 # same engine), bf16 (FLUX bf16 images, the same), restart (first image in a new process).
@@ -55,6 +56,7 @@ for step in "$@"; do
     plans) run plans python3 benchmarks/image_gpu_cudnn_plans.py ;;
     qknorm) run qknorm python3 benchmarks/image_gpu_qknorm.py ;;
     grouped) run grouped python3 benchmarks/image_gpu_grouped.py ;;
+    memsets) run memsets python3 benchmarks/image_gpu_memsets.py ;;
     vae) run vae python3 benchmarks/image_gpu_vae.py ;;
     other) TAIL=${TAIL:-90} run other python3 benchmarks/image_gpu_other.py --variants ;;
     gaps) run gaps python3 benchmarks/image_gpu_other.py --mode bf16 --gaps ${STACKS:+--stacks} ;;

@@ -29,15 +29,18 @@ def main() -> None:
     cases = [  # name, channels_last, compile, long-row reduction handler, grad context
         ("eager", True, False, False, torch.inference_mode),
         ("compiled, channels_last, long-row reductions (before session 7)", True, True, True, torch.inference_mode),
-        ("compiled, NCHW, long-row reductions (service)", False, True, True, torch.inference_mode),
+        ("compiled, NCHW, long-row reductions (the service in session 7)", False, True, True, torch.inference_mode),
         ("compiled, channels_last", True, True, False, torch.inference_mode),
         ("compiled, NCHW", False, True, False, torch.inference_mode),
         ("compiled, channels_last, long-row reductions, again", True, True, True, torch.inference_mode),
         ("compiled, NCHW, long-row reductions, again", False, True, True, torch.inference_mode),
     ]
+    service = ("compiled, NCHW, no persistent reductions (the service since session 8)", False, True, True, "nopersist")
+    cases.insert(3, service)
     if os.environ.get("VAE_TUNE"):  # inductor's reduction tuning, NCHW
-        cases = [cases[2], ("compiled, NCHW, coordinate-descent tuning", False, True, True, "cdt"),
-                 ("compiled, NCHW, no persistent reductions", False, True, False, "nopersist"), cases[2]]
+        cases = [cases[2], ("compiled, NCHW, coordinate-descent tuning", False, True, True, "cdt"), service, cases[2]]
+    if os.environ.get("VAE_CHECK"):  # the service's against eager and the session 7 variant, no tuning
+        cases = [cases[0], service, cases[2], service]
     if os.environ.get("VAE_MORE"):  # measured in session 7, all slower
         cases += [
             ("compiled, channels_last, GroupNorm eager (ATen)", True, True, True, "eager_gn"),

@@ -149,6 +149,17 @@ def text_encoders(pipe: Any) -> list[torch.nn.Module]:
     return encoders
 
 
+def compile_vae(vae: torch.nn.Module) -> None:
+    """Compile the VAE's decoder (its encoder is unused). NCHW, not channels_last: 38.0-38.7 against 42.7-43.4
+    ms for a 1024px decode on an H100, A/B/A in one run (benchmarks/image_gpu_vae.py, session 7; session 6 had
+    measured them level). Its group norms as looped reductions: inductor made them persistent (whole rows in
+    registers), which took 43.6-44.4 ms on three of four H100s against 38.5-39.0 looped (sessions 7-8).
+    Coordinate-descent tuning reached 33.4 ms, but its choices were not reused from the cache: a restart
+    re-tuned for 22-43 s and missed the 60 s goal (65-82 s against 42 s). Graph breaks are tolerated: the
+    decoder is not hot."""
+    vae.decoder.compile(dynamic=False, options={"triton.persistent_reductions": False})
+
+
 def time_cuda(fn: Any, reps: int = 5, warmup: int = 1, calls: int = 1) -> float:
     """Median milliseconds of `fn` on the GPU: CUDA events around `calls` back-to-back calls, after `warmup`
     calls. More than one call hides the host's launch time, as inside a pipeline step: timed one call at a
@@ -265,10 +276,7 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
         if modulation.install(transformer) is not None:  # last: its forward wraps the CUDA graph's
             done.steps.append("modulation_table")
     if opts.compile if opts.compile_vae is None else opts.compile_vae:
-        # NCHW, not channels_last: 38.0-38.7 against 42.7-43.4 ms for a 1024px decode on an H100, A/B/A in one
-        # run (benchmarks/image_gpu_vae.py, session 7; session 6 had measured them level). Graph breaks are
-        # tolerated: the decoder is not hot.
-        pipe.vae.decoder.compile(dynamic=False)
+        compile_vae(pipe.vae)
         done.steps.append("compile_vae")
     done.seconds = time.perf_counter() - t0
     return done
