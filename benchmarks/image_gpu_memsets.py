@@ -1,10 +1,14 @@
 """Which ops of a FLUX block put Memset nodes into the forward's CUDA graph (286 a bf16 forward, session 8).
-Each op is run eagerly and replayed from a CUDA graph under the profiler; its kernels and memsets are listed.
+Each op is run eagerly and replayed from a CUDA graph under the profiler; its kernels and memsets are listed,
+with its time (20 calls back to back). The memsets come from the libraries' workspaces, so the script is also run
+with them shrunk (image_gpu_run.sh's `memsets` step: CUBLASLT_WORKSPACE_SIZE, CUBLAS_WORKSPACE_CONFIG).
 
     python benchmarks/image_gpu_memsets.py
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -42,11 +46,27 @@ def listing(fn) -> list[str]:
     return [e.name[:90] for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
+def timed(fn, calls: int = 20) -> float:
+    """Milliseconds a call, `calls` back to back between two CUDA events (median of 5)."""
+    out = []
+    for _ in range(5):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(calls):
+            fn()
+        b.record()
+        torch.cuda.synchronize()
+        out.append(a.elapsed_time(b) / calls)
+    return sorted(out)[2]
+
+
 def main() -> None:
+    env = {k: v for k, v in os.environ.items() if k.startswith(("CUBLAS", "TORCH_CUBLAS"))}
+    print(f"workspace settings: {env or 'defaults'}")
     for name, fn in ops().items():
         fn()
         torch.cuda.synchronize()
-        print(f"{name}, eager: {listing(fn)}")
+        print(f"{name}, eager, {timed(fn):.3f} ms: {listing(fn)}")
         g = torch.cuda.CUDAGraph()
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
@@ -57,7 +77,7 @@ def main() -> None:
             fn()
         g.replay()
         torch.cuda.synchronize()
-        print(f"{name}, graph replay: {listing(g.replay)}")
+        print(f"{name}, graph replay, {timed(g.replay):.3f} ms: {listing(g.replay)}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
 # Steps: tests (GPU tests of services/image), attention (benchmarks/image_gpu_attention.py), plans
 # (benchmarks/image_gpu_cudnn_plans.py: every cuDNN SDPA plan), qknorm (benchmarks/image_gpu_qknorm.py), grouped
 # (benchmarks/image_gpu_grouped.py: double blocks' two streams in one grouped GEMM), memsets
-# (benchmarks/image_gpu_memsets.py: which library calls put memsets in the graph), vae
-# (benchmarks/image_gpu_vae.py: ways to compile the VAE decode; VAE_CHECK=1 / VAE_TUNE=1 fewer cases), other (benchmarks/image_gpu_other.py: a FLUX
+# (benchmarks/image_gpu_memsets.py: which library calls put memsets in the graph, then with cuBLAS's workspaces
+# off), vae (benchmarks/image_gpu_vae.py: ways to compile the VAE decode; VAE_GN=1 session 9's rewrites A/B/A,
+# VAE_SERVICE=1 the service's alone, VAE_CHECK=1 / VAE_TUNE=1 / VAE_LAYOUT=1 other sets), other (benchmarks/image_gpu_other.py: a FLUX
 # image outside its steps), gaps (the same, bf16: where the GPU idles in one image), profile (FLUX forwards
 # of $VARIANTS, kernels by name), images (full FLUX + Ovis fp8 images, then without modulation tables in the
 # same engine), bf16 (FLUX bf16 images, the same), restart (first image in a new process).
@@ -56,7 +57,10 @@ for step in "$@"; do
     plans) run plans python3 benchmarks/image_gpu_cudnn_plans.py ;;
     qknorm) run qknorm python3 benchmarks/image_gpu_qknorm.py ;;
     grouped) run grouped python3 benchmarks/image_gpu_grouped.py ;;
-    memsets) run memsets python3 benchmarks/image_gpu_memsets.py ;;
+    memsets) run memsets python3 benchmarks/image_gpu_memsets.py
+             CUBLASLT_WORKSPACE_SIZE=0 run memsets-lt0 python3 benchmarks/image_gpu_memsets.py
+             CUBLASLT_WORKSPACE_SIZE=0 CUBLAS_WORKSPACE_CONFIG=:0:0 run memsets-both0 \
+               python3 benchmarks/image_gpu_memsets.py ;;
     vae) run vae python3 benchmarks/image_gpu_vae.py ;;
     other) TAIL=${TAIL:-90} run other python3 benchmarks/image_gpu_other.py --variants ;;
     gaps) run gaps python3 benchmarks/image_gpu_other.py --mode bf16 --gaps ${STACKS:+--stacks} ;;

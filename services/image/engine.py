@@ -27,10 +27,11 @@ def to_pil(images: torch.Tensor) -> list[Any]:
     """diffusers' "pil" output from its "pt" one (denormalised, (batch, 3, h, w)), with the same arithmetic
     (float32 x 255, round half to even, uint8) done where the tensor is. diffusers copies the float image to
     the host and converts it with numpy: 12-17 ms of a 1024px image on the H100 hosts
-    (benchmarks/image_gpu_other.py); here one small kernel runs and only the bytes cross."""
+    (benchmarks/image_gpu_other.py); here small kernels run and only the bytes cross, already in PIL's
+    row-major RGB order (a channel-first copy left numpy ~1-3 ms of transposing on the host)."""
     from PIL import Image
 
-    u8 = (images.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    u8 = (images.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
     return [Image.fromarray(img) for img in u8]
 
 
@@ -39,13 +40,15 @@ def initial_latents(pipe: Any, height: int, width: int, seeds: list[int], device
     (so that a seed gives the same image on any device), packed as they pack it; handed to the pipeline as
     `latents`. Drawn in float32 and rounded: the same values as drawing in bf16 (tested), but torch's CPU
     normal_ takes 8 ms in bf16 for one 1024px FLUX latent against 1 ms in float32, and the GPU sat idle
-    meanwhile (6.6 ms of a 3.56 s bf16 image on an H100: benchmarks/image_gpu_other.py --gaps)."""
+    meanwhile (6.6 ms of a 3.56 s bf16 image on an H100: benchmarks/image_gpu_other.py --gaps). The rounding
+    to the model's dtype happens on the device, after the copy: the same round-to-nearest-even, without the
+    host's conversion (copies took 3.7 ms of that idle start on one H100 host)."""
     channels = pipe.transformer.config.in_channels // 4
     h = 2 * (int(height) // (pipe.vae_scale_factor * 2))
     w = 2 * (int(width) // (pipe.vae_scale_factor * 2))
     noise = torch.cat([torch.randn((1, channels, h, w), generator=torch.Generator("cpu").manual_seed(s),
                                    dtype=torch.float32) for s in seeds])
-    noise = noise.to(pipe.transformer.dtype).to(device)
+    noise = noise.to(device).to(pipe.transformer.dtype)
     return pipe._pack_latents(noise, len(seeds), channels, h, w)
 
 

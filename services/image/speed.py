@@ -12,8 +12,10 @@ bf16 -> 135 ms fused QKV + regional compile -> 129 ms with the MLP ends rewired 
 92-94 ms with fp8 matmuls (services/image/fp8.py) -> 84.5-87.7 ms with cuDNN's fp8 attention
 (services/image/attention_fp8.py) under a CUDA graph (services/image/cuda_graphs.py), which the fp8
 attention needs: its host work per call made the forward wait on the CPU without one. Outside the steps the
-text encoders are compiled and graphed too (37 -> 21 ms an image). Last, every block's adaptive-norm rows come
+text encoders are compiled and graphed too (37 -> 21 ms an image). Every block's adaptive-norm rows come
 from one matmul per image (services/image/modulation.py): FLUX bf16 3.59 -> 3.53 s an image, fp8 2.39 -> 2.33.
+The VAE decode takes 27 ms instead of 38.6 (compile_vae), and diffusers' device look-ups, ~8 ms of host time
+before the text encoders, are answered once at load (services/image/placement.py).
 fp8 is LOSSY (dynamic per-row float8 matmuls with fast accumulation; Q, K, V, softmax weights and attention output in
 e4m3): images differ from bf16; it is off unless the config's `diffusers.fp8` is true, and
 `diffusers.fp8_attention: false` keeps bf16 attention within it. Outside the fp8 attention, the attention
@@ -54,6 +56,7 @@ class SpeedOptions:
     # default: with compile on a GPU
     cuda_graph_shapes: int = 4  # input shapes kept as graphs (each holds one forward's activations)
     modulation_table: bool = True  # every step's adaptive-norm rows in one matmul (services/image/modulation.py)
+    pin_devices: bool = True  # diffusers' device look-ups answered once (services/image/placement.py)
 
 
 @dataclass
@@ -156,7 +159,13 @@ def compile_vae(vae: torch.nn.Module) -> None:
     registers), which took 43.6-44.4 ms on three of four H100s against 38.5-39.0 looped (sessions 7-8).
     Coordinate-descent tuning reached 33.4 ms, but its choices were not reused from the cache: a restart
     re-tuned for 22-43 s and missed the 60 s goal (65-82 s against 42 s). Graph breaks are tolerated: the
-    decoder is not hot."""
+    decoder is not hot. Two rewrites took a decode from 38.3 to ~30 ms (session 9): the group norms reduce row
+    by row, then combine the rows (services/image/group_norm.py), and the mid-block attention is two cuBLAS
+    matmuls around a float32 softmax (services/image/vae_attention.py)."""
+    from services.image import group_norm, vae_attention
+
+    group_norm.install(vae.decoder)
+    vae_attention.install(vae.decoder)
     vae.decoder.compile(dynamic=False, options={"triton.persistent_reductions": False})
 
 
@@ -278,5 +287,10 @@ def apply(pipe: Any, opts: SpeedOptions, device: str) -> Applied:
     if opts.compile if opts.compile_vae is None else opts.compile_vae:
         compile_vae(pipe.vae)
         done.steps.append("compile_vae")
+    if opts.pin_devices:
+        from services.image import placement
+
+        if placement.pin(pipe):
+            done.steps.append("pin_devices")
     done.seconds = time.perf_counter() - t0
     return done

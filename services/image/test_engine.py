@@ -33,6 +33,7 @@ if not HAS_TORCH:
 else:
     import numpy as np
     import torch
+    import torch.nn.functional as F
 
     from services.image import fp8
     from services.image.build import build_checkpoint
@@ -145,6 +146,34 @@ else:
         e = engine(models, family, opts=SpeedOptions(fuse_qkv=True))
         assert "fuse_qkv" in e.applied.steps
         assert np.abs(pixels(plain) - pixels(e.generate([job])[0].images[0])).max() <= 2
+
+    @pytest.mark.parametrize("family", ["flux", "ovis"])
+    def test_pinned_devices_same_images_no_walks(models: Path, family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """services/image/placement.py: with the device look-ups pinned at load, an image makes no walk over
+        the modules (diffusers' offload probe is never called) and is the image made without the pin."""
+        from diffusers.hooks import group_offloading
+
+        job = Job("a cat", 64, 64, 2, 4.0, seed=2)
+        plain = engine(models, family, opts=SpeedOptions(pin_devices=False))
+        assert "pin_devices" not in plain.applied.steps and type(plain.pipe).__dict__.get("__pinned__") is None
+        before = plain.generate([job])[0].images[0]
+        e = engine(models, family)
+        assert "pin_devices" in e.applied.steps and type(e.pipe).__name__ == type(plain.pipe).__name__
+
+        def walk(module: torch.nn.Module) -> torch.device:
+            raise AssertionError("a module walk during the image")
+
+        monkeypatch.setattr(group_offloading, "_get_group_onload_device", walk)
+        assert (pixels(e.generate([job])[0].images[0]) == pixels(before)).all()
+
+    def test_pinned_devices_leave_offloaded_pipelines(models: Path) -> None:
+        """A pipeline with an offloading hook keeps diffusers' look-ups: their answer follows the hook."""
+        from services.image import placement
+
+        e = engine(models, "flux", opts=SpeedOptions(pin_devices=False))
+        cls = type(e.pipe)
+        e.pipe.vae.decoder._hf_hook = type("Hook", (), {"execution_device": "cpu"})()
+        assert not placement.pin(e.pipe) and type(e.pipe) is cls
 
     def test_fused_mlp_same_images(models: Path) -> None:
         """FLUX's MLP ends rewired (services/image/mlp.py; CPU fallbacks of its ops) give the same image."""
@@ -573,6 +602,60 @@ else:
             print(f"against float32: eager bf16 rel {eager[0]:.2e}, pixels {eager[1]:.3f}; "
                   f"compiled rel {compiled[0]:.2e}, pixels {compiled[1]:.3f}")
             assert compiled[0] <= 1.25 * eager[0] and compiled[1] <= 1.25 * eager[1] + 0.05
+
+    @pytest.mark.parametrize("shape,groups,channels_last", [
+        ((1, 128, 24, 40), 32, False), ((1, 128, 24, 40), 32, True), ((2, 64, 7, 5), 8, True),
+        ((1, 512, 96), 32, False), ((3, 32), 4, False)])
+    def test_two_stage_group_norm(shape: tuple, groups: int, channels_last: bool) -> None:
+        """services/image/group_norm.py is F.group_norm (float64 reference), in either layout, and keeps the
+        input's layout; bf16 differs from ATen's bf16 by output rounding only."""
+        from services.image.group_norm import group_norm
+
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=g) * 3 + 5  # an offset mean: the variance must not cancel
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+        ref = F.group_norm(x.double(), groups, w.double(), b.double(), 1e-6)
+        out = group_norm(x, groups, w, b, 1e-6)
+        torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+        assert out.stride() == F.group_norm(x, groups, w, b, 1e-6).stride()
+        torch.testing.assert_close(group_norm(x, groups, None, None, 1e-6), F.group_norm(x, groups, eps=1e-6),
+                                   atol=1e-5, rtol=1e-5)
+        xb = x.bfloat16()
+        torch.testing.assert_close(group_norm(xb, groups, w.bfloat16(), b.bfloat16(), 1e-6).float(),
+                                   F.group_norm(xb, groups, w.bfloat16(), b.bfloat16(), 1e-6).float(),
+                                   atol=0.07, rtol=1e-2)
+
+    def test_vae_attention_chunks() -> None:
+        """services/image/vae_attention.py: the same attention as SDPA, whether the queries go in one chunk or
+        several."""
+        from services.image.vae_attention import attention
+
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(2, 50, 16, generator=g) for _ in range(3))
+        ref = F.scaled_dot_product_attention(q, k, v)
+        for max_scores in (1 << 28, 50 * 7, 1):
+            torch.testing.assert_close(attention(q, k, v, 16 ** -0.5, max_scores), ref, atol=1e-5, rtol=1e-5)
+
+    def test_vae_decoder_rewrites_same_image() -> None:
+        """The compiled decoder's two rewrites (two-stage group norms, mid-block attention as matmuls) decode
+        what diffusers' modules decode (float32, the tiny VAE, eager), and can be taken out again."""
+        from services.image import group_norm, vae_attention
+        from services.image.tiny_pipelines import _vae
+
+        torch.manual_seed(0)
+        vae = _vae("tiny").eval()
+        z = torch.randn(1, 16, 12, 10)
+        with torch.inference_mode():
+            plain = vae.decode(z, return_dict=False)[0]
+            assert group_norm.install(vae.decoder) > 0 and vae_attention.install(vae.decoder) == 1
+            rewritten = vae.decode(z, return_dict=False)[0]
+            group_norm.uninstall(vae.decoder)
+            vae_attention.uninstall(vae.decoder)
+            again = vae.decode(z, return_dict=False)[0]
+        torch.testing.assert_close(rewritten, plain, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(again, plain, atol=0, rtol=0)
 
     @pytest.mark.parametrize("family", ["flux", "ovis"])
     def test_initial_latents_are_the_pipelines(models: Path, family: str) -> None:
