@@ -159,9 +159,9 @@ def compile_vae(vae: torch.nn.Module) -> None:
     registers), which took 43.6-44.4 ms on three of four H100s against 38.5-39.0 looped (sessions 7-8).
     Coordinate-descent tuning reached 33.4 ms, but its choices were not reused from the cache: a restart
     re-tuned for 22-43 s and missed the 60 s goal (65-82 s against 42 s). Graph breaks are tolerated: the
-    decoder is not hot. Two rewrites took a decode from 38.3 to ~30 ms (session 9): the group norms reduce row
-    by row, then combine the rows (services/image/group_norm.py), and the mid-block attention is two cuBLAS
-    matmuls around a float32 softmax (services/image/vae_attention.py)."""
+    decoder is not hot. Two rewrites took a decode from 38.6 to 27.0 ms (session 9, A/B/A in one process): the
+    group norms reduce row by row, then combine the rows (services/image/group_norm.py; 30.3 ms alone), and the
+    mid-block attention is two cuBLAS matmuls around a float32 softmax (services/image/vae_attention.py)."""
     from services.image import group_norm, vae_attention
 
     group_norm.install(vae.decoder)

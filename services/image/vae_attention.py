@@ -6,7 +6,7 @@ No flash kernel in PyTorch takes a head of 512; SDPA falls back to the memory-ef
 at its usual rate. The scores are kept in float32 (the matmul accumulates and writes float32, as a flash kernel
 keeps them in registers) and the softmax is taken in float32; its weights are rounded to the value dtype for
 the second product, as flash kernels do. Queries go in chunks so that the scores stay within `max_scores`
-elements (1 GiB in float32 by default): one chunk at 1024px, four at 2048px.
+elements (1 GiB in float32 by default): one chunk at 1024px (16384 tokens), sixteen at 2048px (65536).
 """
 
 from __future__ import annotations
