@@ -43,12 +43,14 @@ def test_gpu_probes_import(tmp_path, report):
             "          'benchmarks/image_gpu_rowquant.py', 'benchmarks/image_gpu_gemm.py',\n"
             "          'benchmarks/image_gpu_qknorm.py', 'benchmarks/image_gpu_other.py',\n"
             "          'benchmarks/image_gpu_vae.py', 'benchmarks/image_gpu_clocks.py',\n"
-            "          'benchmarks/image_gpu_cudnn_plans.py'):\n"
+            "          'benchmarks/image_gpu_cudnn_plans.py', 'benchmarks/image_gpu_memsets.py',\n"
+            "          'benchmarks/image_gpu_grouped.py'):\n"
             "    runpy.run_path(p, run_name='probe')\n")
     r = run(["-c", code], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     report.validated("image: GPU speed path (regional compile, fp8 _scaled_mm, cuDNN fp8 attention, the "
                      "forward and the compiled text encoders as CUDA graphs, fused MLP ends: Triton "
-                     "activation+quantisation kernel, cuBLASLt GELU epilogue; their GPU tests in "
+                     "activation+quantisation kernel, cuBLASLt GELU epilogue, the compiled VAE decoder with "
+                     "two-stage group norms and float32-score attention matmuls; their GPU tests in "
                      "services/image/test_engine.py) and benchmarks/image_gpu*.py on an H100",
                      "needs an NVIDIA GPU; measured on the lent H100, figures in benchmarks/image_gpu_results.md")
