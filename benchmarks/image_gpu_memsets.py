@@ -9,11 +9,17 @@ with them shrunk (image_gpu_run.sh's `memsets` step: CUBLASLT_WORKSPACE_SIZE, CU
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
+
+from services.image.speed import time_cuda
 
 
 def ops() -> dict:
@@ -46,18 +52,9 @@ def listing(fn) -> list[str]:
     return [e.name[:90] for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
-def timed(fn, calls: int = 20) -> float:
-    """Milliseconds a call, `calls` back to back between two CUDA events (median of 5)."""
-    out = []
-    for _ in range(5):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(calls):
-            fn()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b) / calls)
-    return sorted(out)[2]
+def timed(fn) -> float:
+    """Milliseconds a call, 20 back to back (speed.time_cuda, median of 5)."""
+    return time_cuda(fn, reps=5, warmup=0, calls=20)
 
 
 def main() -> None:
