@@ -75,10 +75,9 @@ def main() -> None:
         ic.coordinate_descent_tuning = grad == "cdt"
         ic.triton.persistent_reductions = True
         vae_attention.uninstall(vae.decoder)
-        for m in norms:  # "eager_gn": ATen's GroupNorm kernel, the rest compiled around it
-            m.__dict__.pop("forward", None)
-            if grad == "eager_gn":
-                m.forward = torch.compiler.disable(torch.nn.GroupNorm.forward.__get__(m))
+        group_norm.uninstall(vae)
+        for m in norms if grad == "eager_gn" else ():  # ATen's GroupNorm kernel, the rest compiled around it
+            m.forward = torch.compiler.disable(torch.nn.GroupNorm.forward.__get__(m))
         variant, grad = grad, torch.inference_mode if isinstance(grad, str) else grad
         from torch._inductor.choices import InductorChoices
         from torch._inductor.virtualized import V
