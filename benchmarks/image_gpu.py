@@ -34,12 +34,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from services.image.engine import ImageEngine, Job, StepTimer  # noqa: E402
-from services.image.speed import SpeedOptions  # noqa: E402
-from services.image.tiny_pipelines import build  # noqa: E402
+from services.image.speed import SpeedOptions, time_cuda  # noqa: E402
+from services.image.tiny_pipelines import build, build_flux_transformer  # noqa: E402
 
 DEV = {"device": "cuda", "scale": "full"}  # --dry: tiny pipelines on the CPU, to check the script itself
 PROMPT = "a photo of a cat sitting on a red sofa"
 DEFAULTS = {"flux": {"steps": 28, "guidance": 3.5}, "ovis": {"steps": 50, "guidance": 5.0}}
+# The H100 that the issue's figures come from (issue 5; ../shared/reference/gpu/README.md): a bf16 8192^3
+# matmul, and one step of the plain diffusers FLUX.1-dev transformer at 1024px, eager and with regional compile.
+ISSUE_BOARD = {"matmul_tflops": 788.0, "eager_ms": 182.0, "regional_ms": 136.0}
 rows: list[dict] = []
 
 
@@ -89,6 +92,48 @@ def engine_images(engine: ImageEngine, family: str, size: int, steps: int, image
         totals.append(time.perf_counter() - t0)
         per_step.append(res.step_seconds)
     return min(totals), min(per_step)
+
+
+def board_anchor() -> dict:
+    """This board against the issue's H100, measured as the issue measured it, right before the images: lent
+    H100s all run FLUX at their 700 W limit, and their step times differ by ~5 %. The regional-compile ratio
+    (a compiled, compute-bound step like the service's) scales this run's image times to the issue's board."""
+    res = {"matmul_tflops": round(matmul_tflops(), 1), **flux_reference_steps()}
+    torch._dynamo.reset()  # the compiled blocks hold the anchor's transformer
+    torch.cuda.empty_cache()
+    res["vs_issue_board"] = round(res["regional_ms"] / ISSUE_BOARD["regional_ms"], 4)
+    log(f"board anchor: {res} (the issue's H100: {ISSUE_BOARD})")
+    rows.append({"family": "flux", "variant": "board anchor", **res})
+    return res
+
+
+def matmul_tflops(n: int = 8192) -> float:
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    return 2 * n**3 / time_cuda(lambda: a @ b, reps=10, warmup=3, calls=10) / 1e9
+
+
+def flux_reference_steps() -> dict:
+    """One step of the plain diffusers transformer at 1024px (4096 image + 512 text tokens): eager, then with
+    fused QKV and diffusers' regional compile, the issue's 182 and 136 ms configurations."""
+    tr = build_flux_transformer("full", "cuda", torch.bfloat16)
+    kw = dict(hidden_states=torch.randn(1, 4096, 64), encoder_hidden_states=torch.randn(1, 512, 4096),
+              pooled_projections=torch.randn(1, 768), timestep=torch.full((1,), 0.5),
+              img_ids=torch.randn(4096, 3), txt_ids=torch.zeros(512, 3), guidance=torch.full((1,), 3.5))
+    kw = {k: v.to("cuda", torch.bfloat16) for k, v in kw.items()}
+
+    def step():
+        with torch.inference_mode():
+            tr(**kw, return_dict=False)
+
+    eager = time_cuda(step, reps=8, warmup=3)
+    tr.fuse_qkv_projections()
+    tr.compile_repeated_blocks(fullgraph=True)
+    t = time.perf_counter()
+    step()
+    sync()
+    first = time.perf_counter() - t
+    regional = time_cuda(step, reps=8, warmup=2)
+    return {"eager_ms": round(eager, 1), "regional_ms": round(regional, 1), "regional_first_call_s": round(first, 1)}
 
 
 def options(mode: str) -> SpeedOptions:
@@ -216,6 +261,8 @@ def main() -> None:
                     help="fp8: then time the same engine with bf16 attention")
     ap.add_argument("--tables-too", action="store_true", help="then the same engine without modulation tables")
     ap.add_argument("--restart", action="store_true", help="then time the first image in a fresh process")
+    ap.add_argument("--anchor", action="store_true",
+                    help="first measure this board as the issue measured its H100, and scale the images to it")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dry", action="store_true", help="tiny pipelines on the CPU: checks the script only")
     args = ap.parse_args()
@@ -229,6 +276,8 @@ def main() -> None:
         return
     gpu = torch.cuda.get_device_name(0) if DEV["device"] == "cuda" else "cpu (dry run)"
     log(f"torch {torch.__version__}, {gpu}, mode {args.mode}, cache {CACHE}")
+    if args.anchor and DEV["device"] == "cuda":
+        board_anchor()
     for family in families:
         run_family(args, family)
         if args.restart:
@@ -256,6 +305,14 @@ def print_table() -> None:
         ratio = f"{b / r['s_image']:.2f}x" if b and r["s_image"] else "- (no baseline this run)"
         print(f"| {r['family']} | {r['variant']} | {r['s_image']:.3f} | {r['s_step'] * 1000:.1f} | "
               f"{r['other_s']:.3f} | {ratio} |")
+    anchor = next((r for r in rows if r["variant"] == "board anchor"), None)
+    if anchor:  # the steps are 97 % of an image, so the step ratio scales the whole image
+        k = anchor["vs_issue_board"]
+        print(f"\nThis board's regional-compile step: {anchor['regional_ms']} ms against the issue's "
+              f"{ISSUE_BOARD['regional_ms']:.0f} ({k:.3f}x). Images scaled to the issue's H100:")
+        for r in rows:
+            if r["family"] == "flux" and "s_image" in r:
+                print(f"| flux | {r['variant']} | {r['s_image']:.3f} s here | {r['s_image'] / k:.3f} s there |")
     (OUT / "image_gpu.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -12,7 +12,8 @@ the matmul ceiling is visible.
 
 Variant names: fp8 (lossy mode, fp8 attention included unless `bf16att`), mlp (services/image/mlp.py),
 persist (services/image/reductions.py), graph (services/image/cuda_graphs.py), table
-(services/image/modulation.py), autotune / coord (inductor tuning); the service runs
+(services/image/modulation.py), autotune / coord (inductor tuning), pdl (inductor's Triton kernels launched with
+Programmatic Dependent Launch: each may start while the kernel before it drains); the service runs
 `fp8-mlp-persist-graph-table` or `bf16-mlp-persist-graph-table`.
 """
 
@@ -134,6 +135,10 @@ def apply_variant(variant: str) -> SpeedOptions:
         ic.max_autotune_gemm_backends = "ATEN,TRITON"
     if "coord" in variant:
         ic.coordinate_descent_tuning = True
+    if hasattr(ic.triton, "enable_pdl"):
+        ic.triton.enable_pdl = "pdl" in variant
+    elif "pdl" in variant:
+        raise SystemExit(f"this torch ({torch.__version__}) has no inductor PDL switch")
     # "dequant": fp8 single blocks dequantise the attention output before the MLP quantisation (the old path)
     attention_fp8.single_stream = (lambda *a: None) if "dequant" in variant else SINGLE_STREAM
     return SpeedOptions(compile=True, fuse_qkv=True, fp8=variant.startswith("fp8"), attention="native",

@@ -13,6 +13,7 @@
 # image outside its steps), gaps (the same, bf16: where the GPU idles in one image), profile (FLUX forwards
 # of $VARIANTS, kernels by name), images (full FLUX + Ovis fp8 images, then without modulation tables in the
 # same engine), bf16 (FLUX bf16 images, the same), restart (first image in a new process).
+# ANCHOR=1 (bf16): first measure the board as the issue measured its H100 (image_gpu.py --anchor).
 # CLOCKS=1: sample the GPU's clock, power and throttle reasons meanwhile (summary at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +69,8 @@ for step in "$@"; do
                --variants "${VARIANTS:-bf16-mlp-persist-graph-table,bf16-mlp-persist-graph,fp8-mlp-persist-graph-table,fp8-mlp-persist-graph}" ;;
     images) run images python3 benchmarks/image_gpu.py --family both --mode fp8 --cfg-pair --skip-baseline \
               --tables-too ;;
-    bf16) run bf16 python3 benchmarks/image_gpu.py --family flux --mode bf16 --skip-baseline --tables-too ;;
+    bf16) run bf16 python3 benchmarks/image_gpu.py --family flux --mode bf16 --skip-baseline --tables-too \
+            ${ANCHOR:+--anchor} ;;
     restart) run restart python3 benchmarks/image_gpu.py --family flux --mode fp8 --skip-baseline --images 1 \
                --restart ;;
     *) echo "unknown step $step"; exit 2 ;;

@@ -51,6 +51,7 @@ def test_gpu_probes_import(tmp_path, report):
     report.validated("image: GPU speed path (regional compile, fp8 _scaled_mm, cuDNN fp8 attention, the "
                      "forward and the compiled text encoders as CUDA graphs, fused MLP ends: Triton "
                      "activation+quantisation kernel, cuBLASLt GELU epilogue, the compiled VAE decoder with "
-                     "two-stage group norms and float32-score attention matmuls; their GPU tests in "
-                     "services/image/test_engine.py) and benchmarks/image_gpu*.py on an H100",
+                     "two-stage group norms and float32-score attention matmuls, the initial noise's page-locked "
+                     "copy; their GPU tests in services/image/test_engine.py) and benchmarks/image_gpu*.py on "
+                     "an H100, with the board measured against the issue's (image_gpu.py --anchor)",
                      "needs an NVIDIA GPU; measured on the lent H100, figures in benchmarks/image_gpu_results.md")

@@ -671,6 +671,20 @@ else:
                                              [torch.Generator("cpu").manual_seed(s) for s in (5, 9)])
             assert ours.dtype == dtype and torch.equal(ours, theirs)
 
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H100)")
+    def test_initial_latents_gpu(models: Path) -> None:
+        """On a GPU the noise goes through a page-locked buffer and a copy that does not wait: the same values
+        as the CPU's, also when the buffer is reused for the next image while the GPU is busy."""
+        from services.image.engine import initial_latents
+
+        pipe = engine(models, "flux").pipe
+        busy = torch.randn(4096, 4096, device="cuda")
+        for seeds in ([5], [5, 9], [9]):
+            for _ in range(20):
+                busy = busy @ busy / 64  # keep the stream busy so that the copies queue behind it
+            ours = initial_latents(pipe, 96, 64, seeds, "cuda", torch.bfloat16)
+            assert torch.equal(ours.cpu(), initial_latents(pipe, 96, 64, seeds, "cpu", torch.bfloat16))
+
     def test_to_pil_is_diffusers_pil() -> None:
         """The engine's PIL conversion gives diffusers' "pil" output byte for byte (bf16 and float32 decodes,
         values beyond [-1, 1] and exactly on the x.5 rounding ties)."""

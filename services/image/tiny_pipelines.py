@@ -76,23 +76,36 @@ def _flux_encoders(scale: str, tok: Any, tok2: Any) -> tuple[Any, Any]:
     return clip, t5
 
 
-def build_flux(scale: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
-    from diffusers import FluxPipeline, FluxTransformer2DModel
+def _flux_transformer(scale: str) -> Any:
+    from diffusers import FluxTransformer2DModel
 
     tiny = scale == "tiny"
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1 if tiny else 19, num_single_layers=1 if tiny else 38,
+        attention_head_dim=16 if tiny else 128, num_attention_heads=2 if tiny else 24,
+        joint_attention_dim=32 if tiny else 4096,  # == T5 d_model
+        pooled_projection_dim=32 if tiny else 768,  # == CLIP hidden size (pooler_output)
+        guidance_embeds=True,  # FLUX.1-dev is guidance-distilled
+        axes_dims_rope=(4, 4, 8) if tiny else (16, 56, 56),  # sums to attention_head_dim
+    )
+
+
+def build_flux_transformer(scale: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+    """FLUX.1-dev's transformer alone, as the issue's reference step timings were taken (eval mode)."""
+    torch.manual_seed(0)
+    with _build_on(device, dtype):
+        return _flux_transformer(scale).eval()
+
+
+def build_flux(scale: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+    from diffusers import FluxPipeline
+
     with tempfile.TemporaryDirectory() as tmp:
         tok, tok2 = toks.clip_tokenizer(Path(tmp)), toks.t5_tokenizer(Path(tmp))
     torch.manual_seed(0)
     with _build_on(device, dtype):
         clip, t5 = _flux_encoders(scale, tok, tok2)
-        transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=64, num_layers=1 if tiny else 19, num_single_layers=1 if tiny else 38,
-            attention_head_dim=16 if tiny else 128, num_attention_heads=2 if tiny else 24,
-            joint_attention_dim=32 if tiny else 4096,  # == T5 d_model
-            pooled_projection_dim=32 if tiny else 768,  # == CLIP hidden size (pooler_output)
-            guidance_embeds=True,  # FLUX.1-dev is guidance-distilled
-            axes_dims_rope=(4, 4, 8) if tiny else (16, 56, 56),  # sums to attention_head_dim
-        )
+        transformer = _flux_transformer(scale)
         vae = _vae(scale)
     return FluxPipeline(scheduler=_scheduler(), vae=vae, text_encoder=clip, tokenizer=tok, text_encoder_2=t5,
                         tokenizer_2=tok2, transformer=transformer)
